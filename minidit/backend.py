@@ -1,0 +1,168 @@
+"""Array backend: NumPy on the CPU, CuPy on the GPU, chosen in one place.
+
+This is the only module of minidit that imports CuPy. Library code asks
+`xp = get_array_module(x)` and writes array math against `xp`, so the same layer runs on
+either library. Random numbers come from one seeded generator that draws on the host, so a
+CPU run and a GPU run with the same seed see the same data, noise and timesteps.
+"""
+import os
+
+import numpy as np
+
+ENV_VAR = "MINIDIT_DEVICE"
+DEVICES = ("cpu", "gpu", "auto")
+
+_device = None  # resolved lazily from the environment on first use
+
+
+def _import_cupy():
+    """Return the cupy module if it imports and a GPU answers, else raise RuntimeError."""
+    try:
+        import cupy
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise RuntimeError("device 'gpu' needs CuPy: pip install 'minidit[gpu]' "
+                           "(or a cupy-cudaXXx wheel matching your CUDA)") from e
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device found")
+        cupy.zeros(1).sum()  # touch the device so a broken driver fails here, not later
+    except Exception as e:  # pragma: no cover - depends on the machine
+        raise RuntimeError(f"device 'gpu' requested but CuPy cannot use a GPU: {e}") from e
+    return cupy
+
+
+def gpu_available():
+    """True when CuPy imports and a GPU runs a kernel."""
+    try:
+        _import_cupy()
+        return True
+    except RuntimeError:
+        return False
+
+
+def resolve_device(device=None):
+    """Turn 'cpu' | 'gpu' | 'auto' | None into 'cpu' or 'gpu' (None reads MINIDIT_DEVICE, default cpu)."""
+    if device is None:
+        device = os.environ.get(ENV_VAR, "cpu") or "cpu"
+    device = str(device).lower()
+    if device == "cuda":
+        device = "gpu"
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: choose one of {DEVICES} "
+                         f"(argument or environment variable {ENV_VAR})")
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device == "gpu":
+        _import_cupy()  # raises a clear error when CuPy or the GPU is missing
+    return device
+
+
+def set_device(device=None):
+    """Select the default device for new arrays; returns the resolved name."""
+    global _device
+    _device = resolve_device(device)
+    return _device
+
+
+def get_device():
+    """The current default device name, 'cpu' or 'gpu'."""
+    if _device is None:
+        set_device(None)
+    return _device
+
+
+def get_xp(device=None):
+    """The array module (numpy or cupy) for a device name (default: the current device)."""
+    device = get_device() if device is None else resolve_device(device)
+    return _import_cupy() if device == "gpu" else np
+
+
+def get_array_module(*arrays):
+    """numpy or cupy, whichever owns the arrays (numpy for plain Python values)."""
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            import cupy
+            return cupy
+    return np
+
+
+def is_gpu_array(x):
+    return type(x).__module__.startswith("cupy")
+
+
+def device_of(x):
+    """'gpu' for a CuPy array, 'cpu' for anything else."""
+    return "gpu" if is_gpu_array(x) else "cpu"
+
+
+def to_numpy(x):
+    """Copy an array (or a dict/list/tuple of arrays) to host NumPy; other values pass through."""
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_numpy(v) for v in x)
+    if is_gpu_array(x):
+        return x.get()
+    return x
+
+
+def to_device(x, device=None):
+    """Move an array (or a dict/list/tuple of arrays) to a device (default: the current one)."""
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if x is None or np.isscalar(x):
+        return x
+    xp = get_xp(device)
+    if xp is np:
+        return to_numpy(x) if is_gpu_array(x) else np.asarray(x)
+    return xp.asarray(x)
+
+
+def synchronize(device=None):
+    """Wait for queued GPU work to finish (a no-op on the CPU); call before reading a timer."""
+    if (get_device() if device is None else resolve_device(device)) == "gpu":
+        _import_cupy().cuda.get_current_device().synchronize()
+
+
+class Generator:
+    """One seeded random source for the whole program, identical on CPU and GPU.
+
+    Every draw is made by NumPy's PCG64 on the host and then moved to the device, so the
+    numbers depend only on the seed and the sequence of calls, never on the backend. Its state
+    can be saved and restored exactly (`get_state` / `set_state`), which is what makes a
+    resumed training run continue bit for bit.
+    """
+
+    def __init__(self, seed=0, device=None):
+        self.seed = seed
+        self.device = device
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def _out(self, a, device):
+        return to_device(a, self.device if device is None else device)
+
+    def normal(self, shape, dtype=np.float32, device=None):
+        return self._out(self.rng.standard_normal(shape).astype(dtype), device)
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=np.float32, device=None):
+        return self._out(self.rng.uniform(low, high, shape).astype(dtype), device)
+
+    def integers(self, low, high, shape, device=None):
+        """Integers in [low, high), int64."""
+        return self._out(self.rng.integers(low, high, shape, dtype=np.int64), device)
+
+    def permutation(self, n):
+        """A host permutation of range(n) (used to shuffle data indices)."""
+        return self.rng.permutation(n)
+
+    def spawn_host(self):
+        """The underlying NumPy generator, for host-side work such as data augmentation."""
+        return self.rng
+
+    def get_state(self):
+        return self.rng.bit_generator.state
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state

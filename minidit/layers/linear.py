@@ -1,0 +1,32 @@
+"""Linear layer y = x @ w + b, the workhorse of every DiT part (qkv, proj, MLP, adaLN, decoder).
+
+Weights are stored (D_in, D_out), the transpose of PyTorch's nn.Linear, so the forward is one
+matrix product over all leading axes flattened together.
+"""
+
+
+def linear_forward(x, w, b=None):
+    """x (..., Din), w (Din, Dout), b (Dout,) or None -> out (..., Dout), cache."""
+    din, dout_ = w.shape
+    if x.shape[-1] != din:
+        raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {din}")
+    x2 = x.reshape(-1, din)
+    out = x2 @ w  # (M, Dout), one GEMM over batch and tokens together
+    if b is not None:
+        out += b
+    return out.reshape(*x.shape[:-1], dout_), (x, w, b is not None)
+
+
+def linear_backward(dout, cache):
+    """dout (..., Dout) -> dx (..., Din), dw (Din, Dout), db (Dout,) or None."""
+    x, w, has_b = cache
+    din, dout_ = w.shape
+    d2 = dout.reshape(-1, dout_)  # (M, Dout)
+    # out = x @ w  =>  dx = dout @ w^T, dw = x^T @ dout
+    dx = (d2 @ w.T).reshape(x.shape)
+    dw = x.reshape(-1, din).T @ d2
+    # out += b  (b broadcast over the M rows)  =>  db = sum of dout over rows
+    db = d2.sum(axis=0) if has_b else None
+    return dx, dw, db
+
+

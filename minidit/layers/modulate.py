@@ -1,0 +1,36 @@
+"""adaLN modulation and the gated residual (paper section 3.2, PAPER.md 1.5).
+
+modulate(x, shift, scale) = x * (1 + scale) + shift, with one shift and scale per image
+broadcast over the tokens; the "1 +" makes a zero scale the identity. The adaLN-Zero block
+adds each branch through a gate: x + gate * branch, with the gate zero at initialisation.
+"""
+
+
+def modulate_forward(x, shift, scale):
+    """x (N, T, D), shift (N, D), scale (N, D) -> out (N, T, D)."""
+    out = x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+    return out, (x, scale)
+
+
+def modulate_backward(dout, cache):
+    """dout (N, T, D) -> dx (N, T, D), dshift (N, D), dscale (N, D)."""
+    x, scale = cache
+    # out = x * (1 + scale) + shift, scale and shift broadcast over T
+    dx = dout * (1.0 + scale[:, None, :])
+    dshift = dout.sum(axis=1)
+    dscale = (dout * x).sum(axis=1)
+    return dx, dshift, dscale
+
+
+def gated_residual_forward(x, branch, gate):
+    """x (N, T, D), branch (N, T, D), gate (N, D) -> x + gate * branch (N, T, D)."""
+    return x + gate[:, None, :] * branch, (branch, gate)
+
+
+def gated_residual_backward(dout, cache):
+    """dout (N, T, D) -> dx, dbranch (N, T, D), dgate (N, D)."""
+    branch, gate = cache
+    # out = x + gate * branch
+    dbranch = dout * gate[:, None, :]
+    dgate = (dout * branch).sum(axis=1)
+    return dout.copy(), dbranch, dgate

@@ -1,0 +1,50 @@
+"""GELU (tanh), SiLU and softmax: forwards against formulas, gradient checks (1e-7)."""
+import math
+
+import numpy as np
+
+from conftest import gradcheck, randn
+from minidit.backend import to_numpy
+from minidit.layers.activations import (gelu_forward, gelu_backward, silu_forward, silu_backward,
+                                        softmax_forward, softmax_backward)
+
+
+def test_gelu_tanh_values(xp):
+    x = xp.asarray([-3.0, -1.0, 0.0, 0.5, 2.0])
+    out, _ = gelu_forward(x)
+    ref = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+           for v in [-3.0, -1.0, 0.0, 0.5, 2.0]]
+    np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-12)
+    # the tanh approximation is close to, but not exactly, the erf GELU: 0.5 * 0.5 * (1 + erf(0.5/sqrt2))
+    assert abs(float(out[3]) - 0.5 * 0.5 * (1 + math.erf(0.5 / math.sqrt(2)))) < 1e-3
+
+
+def test_silu_values(xp):
+    x = xp.asarray([-2.0, 0.0, 1.0])
+    out, _ = silu_forward(x)
+    np.testing.assert_allclose(to_numpy(out), [-2 / (1 + math.exp(2)), 0.0, 1 / (1 + math.exp(-1))], rtol=1e-12)
+
+
+def test_softmax_values(xp, rng):
+    x = randn(xp, rng, 2, 3, 5, scale=4.0)
+    out, _ = softmax_forward(x)
+    xn = to_numpy(x)
+    ref = np.exp(xn) / np.exp(xn).sum(-1, keepdims=True)
+    np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-12)
+    big, _ = softmax_forward(xp.asarray([[1000.0, 1000.0]]))  # no overflow thanks to the max shift
+    np.testing.assert_allclose(to_numpy(big), [[0.5, 0.5]])
+
+
+def test_gelu_gradcheck(xp, rng):
+    gradcheck("gelu (tanh)", gelu_forward, lambda d, c: (gelu_backward(d, c),),
+              dict(x=randn(xp, rng, 3, 7, scale=2.0)), tol=1e-7)
+
+
+def test_silu_gradcheck(xp, rng):
+    gradcheck("silu", silu_forward, lambda d, c: (silu_backward(d, c),),
+              dict(x=randn(xp, rng, 3, 7, scale=2.0)), tol=1e-7)
+
+
+def test_softmax_gradcheck(xp, rng):
+    gradcheck("softmax", softmax_forward, lambda d, c: (softmax_backward(d, c),),
+              dict(x=randn(xp, rng, 2, 3, 5, scale=2.0)), tol=1e-7)

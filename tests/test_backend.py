@@ -1,0 +1,58 @@
+"""Backend selection, host/device moves and the seeded generator shared by CPU and GPU."""
+import numpy as np
+import pytest
+
+from minidit import backend
+from minidit.backend import Generator, get_array_module, resolve_device, to_device, to_numpy
+
+
+def test_cpu_is_default(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    assert resolve_device(None) == "cpu"
+    assert backend.get_xp("cpu") is np
+
+
+def test_env_var_and_unknown_device(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "tpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device(None)
+    monkeypatch.setenv(backend.ENV_VAR, "cpu")
+    assert resolve_device(None) == "cpu"
+
+
+def test_auto_picks_what_works():
+    assert resolve_device("auto") == ("gpu" if backend.gpu_available() else "cpu")
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="a GPU is present")
+def test_gpu_request_without_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="gpu"):
+        resolve_device("gpu")
+
+
+def test_generator_is_reproducible_and_restorable():
+    g = Generator(7)
+    a = g.normal((3, 4))
+    state = g.get_state()
+    b = g.integers(0, 10, (5,))
+    g.set_state(state)
+    np.testing.assert_array_equal(g.integers(0, 10, (5,)), b)
+    np.testing.assert_array_equal(Generator(7).normal((3, 4)), a)
+    assert a.dtype == np.float32
+
+
+def test_same_draws_on_every_backend(xp):
+    dev = "gpu" if xp is not np else "cpu"
+    a = Generator(3, device=dev).normal((2, 3))
+    assert get_array_module(a) is xp
+    np.testing.assert_array_equal(to_numpy(a), Generator(3).normal((2, 3)))
+
+
+def test_to_device_and_back_on_containers(xp):
+    dev = "gpu" if xp is not np else "cpu"
+    tree = {"a": np.ones(2), "b": [np.zeros(1), 3]}
+    moved = to_device(tree, dev)
+    assert get_array_module(moved["a"]) is xp
+    back = to_numpy(moved)
+    assert isinstance(back["a"], np.ndarray) and back["b"][1] == 3
+    backend.synchronize(dev)
