@@ -1,0 +1,301 @@
+"""The Gaussian diffusion process of DiT (ADM/IDDPM code): noise schedules and respacing
+(PAPER.md 3.2-3.3), forward noising q(x_t | x_0), the learned-range reverse process (3.5) and
+the DDPM and DDIM samplers (3.6). The hybrid loss and its gradient are in diffusion_losses.py.
+"""
+import math
+
+import numpy as np
+
+from . import diffusion_losses
+from .backend import get_array_module, is_gpu_array, to_numpy
+
+
+def get_named_beta_schedule(name, num_diffusion_timesteps):
+    """beta_t for t = 0..T-1 of a named schedule; float64 host array of shape (T,)."""
+    T = num_diffusion_timesteps
+    if name == "linear":
+        # ADM scales the endpoints by 1000/T so that any T traces the same curve (PAPER.md 3.2).
+        scale = 1000 / T
+        return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
+    if name == "squaredcos_cap_v2":
+        # IDDPM's cosine schedule: abar(s) = cos^2((s + 0.008) / 1.008 * pi / 2), betas capped at 0.999.
+        def abar(s):
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+        return np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)])
+    raise ValueError(f"unknown noise_schedule {name!r}: choose 'linear' or 'squaredcos_cap_v2'")
+
+
+def _parse_count(text, spec):
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"timestep_respacing {spec!r}: {text!r} is not a whole number of steps") from None
+    if n < 1:
+        raise ValueError(f"timestep_respacing {spec!r}: {n} steps requested, need at least 1")
+    return n
+
+
+def space_timesteps(num_timesteps, section_counts):
+    """The original timesteps a respacing keeps, ascending (PAPER.md 3.3).
+
+    section_counts: "N", "N,M,..." (or a list of ints): the T steps are cut into equal sections
+    (the remainder goes to the first ones) and each section gives its count of steps at a
+    fractional stride rounded with Python's round. "ddimN": range(0, T, i) for the smallest
+    integer stride i that yields exactly N steps.
+    """
+    spec = section_counts
+    if isinstance(spec, str) and spec.startswith("ddim"):
+        desired = _parse_count(spec[len("ddim"):], spec)
+        for stride in range(1, num_timesteps):  # the official search stops at T-1
+            if len(range(0, num_timesteps, stride)) == desired:
+                return list(range(0, num_timesteps, stride))
+        raise ValueError(f"timestep_respacing {spec!r}: no integer stride gives exactly {desired} "
+                         f"of {num_timesteps} steps")
+    if isinstance(spec, str):
+        counts = [_parse_count(s.strip(), spec) for s in spec.split(",")]
+    else:
+        counts = [_parse_count(s, spec) for s in spec]
+    size_per, extra = divmod(num_timesteps, len(counts))
+    start, steps = 0, []
+    for i, n in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if n > size:
+            raise ValueError(f"timestep_respacing {spec!r}: cannot take {n} steps from a section "
+                             f"of {size} (T = {num_timesteps}, {len(counts)} sections)")
+        stride = 1 if n <= 1 else (size - 1) / (n - 1)
+        cur = 0.0
+        for _ in range(n):
+            # Accumulate the stride as the official loop does, so float ties round the same way.
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
+
+
+def _gather(table, t, x):
+    """table[t] cast to x's dtype, on x's device, shaped (N, 1, ..., 1) to broadcast over x.
+
+    Like the official `_extract_into_tensor`, the float64 table is cast before any arithmetic,
+    except that we cast to x's dtype (float32 in training, float64 in gradient checks) where
+    the official code always uses float32 (PAPER.md 3.2, pitfall 10).
+    """
+    xp = get_array_module(x)
+    return xp.asarray(table[t].astype(x.dtype)).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _device_of(x):
+    return "gpu" if is_gpu_array(x) else "cpu"
+
+
+class GaussianDiffusion:
+    """A diffusion chain (possibly respaced): float64 host tables and the functions that use them.
+
+    The index t taken by every method is a position in THIS chain, 0..num_timesteps-1, given
+    as an int array of shape (N,) (host or device) or a Python int. The model is always called
+    with the original timestep timestep_map[t] (PAPER.md 3.3). Arrays are NCHW.
+    learn_sigma=True: the model outputs (N, 2C, H, W) = [eps, v] with the LEARNED_RANGE
+    variance; False: (N, C, H, W) = eps with FIXED_SMALL variance (the posterior variance).
+    """
+
+    def __init__(self, betas, learn_sigma=True, timestep_map=None):
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or len(betas) == 0 or not np.all((betas > 0) & (betas <= 1)):
+            raise ValueError("betas must be a non-empty 1-D array with values in (0, 1]")
+        self.betas = betas
+        self.num_timesteps = T = len(betas)
+        self.learn_sigma = learn_sigma
+        self.timestep_map = (np.arange(T, dtype=np.int64) if timestep_map is None
+                             else np.asarray(timestep_map, dtype=np.int64))
+
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
+        # q(x_t | x_0) and x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (PAPER.md 3.1, 3.5)
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        # q(x_{t-1} | x_t, x_0): its variance is 0 at t=0, so the log is clipped by using
+        # element 1 in place of element 0. A one-step chain has no element 1; we use log beta_0
+        # there (the official code fails on it).
+        abar, abar_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        self.posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+        first = self.posterior_variance[1] if T > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
+        self.posterior_mean_coef2 = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
+
+    def _index(self, t, n):
+        """t as a host int64 array of shape (n,), checked to lie in 0..num_timesteps-1."""
+        t = np.asarray(to_numpy(t))
+        if t.ndim == 0:
+            t = np.full(n, t)
+        if t.dtype.kind not in "iu" or t.shape != (n,):
+            raise ValueError(f"t must be {n} integer indices, got dtype {t.dtype} shape {t.shape}")
+        if t.min() < 0 or t.max() >= self.num_timesteps:
+            raise ValueError(f"t = {t.min()}..{t.max()} outside this diffusion's 0..{self.num_timesteps - 1}")
+        return t.astype(np.int64)
+
+    def q_sample(self, x_start, t, noise):
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps; all arrays (N, C, H, W)."""
+        t = self._index(t, x_start.shape[0])
+        return (_gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
+                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+
+    def q_posterior_mean_variance(self, x_start, x_t, t):
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), each (N, C, H, W)."""
+        t = self._index(t, x_start.shape[0])
+        mean = (_gather(self.posterior_mean_coef1, t, x_t) * x_start
+                + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
+        zeros = get_array_module(x_t).zeros_like(x_t)
+        variance = _gather(self.posterior_variance, t, x_t) + zeros
+        log_variance = _gather(self.posterior_log_variance_clipped, t, x_t) + zeros
+        return mean, variance, log_variance
+
+    def log_variance_range(self, t, x):
+        """(min_log, max_log) = (log of clipped beta~_t, log beta_t), each (N, 1, 1, 1) as x's dtype."""
+        t = self._index(t, x.shape[0])
+        return (_gather(self.posterior_log_variance_clipped, t, x),
+                _gather(np.log(self.betas), t, x))
+
+    def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
+        """The reverse step p(x_{t-1} | x_t) the model output defines (PAPER.md 3.5).
+
+        model_output: (N, 2C, H, W) = [eps_hat, v] when learn_sigma, else (N, C, H, W) = eps_hat.
+        Returns a dict of (N, C, H, W) arrays: mean, variance, log_variance, pred_xstart.
+        learn_sigma=False uses FIXED_SMALL: the posterior variance, with its clipped log (the
+        official create_diffusion would pick FIXED_LARGE here; DiT itself always learns sigma).
+        """
+        xp = get_array_module(x_t)
+        t = self._index(t, x_t.shape[0])
+        C = x_t.shape[1]
+        expected = 2 * C if self.learn_sigma else C
+        if model_output.shape[1] != expected:
+            raise ValueError(f"model_output has {model_output.shape[1]} channels, expected {expected}")
+        eps = model_output[:, :C]
+        if self.learn_sigma:
+            # LEARNED_RANGE: interpolate log-variances between beta~_t and beta_t; v is not clamped.
+            min_log, max_log = self.log_variance_range(t, x_t)
+            frac = (model_output[:, C:] + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+            variance = xp.exp(log_variance)
+        else:
+            variance = _gather(self.posterior_variance, t, x_t) + xp.zeros_like(x_t)
+            log_variance = _gather(self.posterior_log_variance_clipped, t, x_t) + xp.zeros_like(x_t)
+        pred_xstart = (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                       - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        if clip_denoised:
+            pred_xstart = xp.clip(pred_xstart, -1, 1)
+        mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
+        return {"mean": mean, "variance": variance, "log_variance": log_variance,
+                "pred_xstart": pred_xstart}
+
+    def training_losses(self, model_output, x_start, x_t, t, noise, dloss=None):
+        """Per-sample loss terms and the gradient on model_output; see diffusion_losses.training_losses."""
+        return diffusion_losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss)
+
+    def _call_model(self, model_fn, x, t):
+        """model_fn(x, original timesteps as int64 on x's device) (PAPER.md 3.3)."""
+        t_orig = get_array_module(x).asarray(self.timestep_map[t])
+        return model_fn(x, t_orig)
+
+    @staticmethod
+    def _step_noise(x, noise, rng):
+        if noise is not None:
+            return noise
+        if rng is None:
+            raise ValueError("a sampling step needs noise or an rng (minidit.backend.Generator)")
+        return rng.normal(x.shape, dtype=x.dtype, device=_device_of(x))
+
+    def p_sample(self, model_fn, x, t, clip_denoised=False, noise=None, rng=None):
+        """One ancestral step x_t -> x_{t-1} = mu + 1[t != 0] sigma z (PAPER.md 3.6).
+
+        x: (N, C, H, W); t: respaced indices (N,) or an int; z is `noise` if given, else one
+        rng.normal(x.shape) drawn after the model call, also at t = 0 (as official), so a seed
+        fixes the whole run. Returns dict(sample, pred_xstart).
+        """
+        t = self._index(t, x.shape[0])
+        out = self.p_mean_variance(self._call_model(model_fn, x, t), x, t, clip_denoised)
+        z = self._step_noise(x, noise, rng)
+        nonzero = _gather((np.arange(self.num_timesteps) != 0).astype(np.float64), t, x)
+        sample = out["mean"] + nonzero * get_array_module(x).exp(0.5 * out["log_variance"]) * z
+        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+
+    def ddim_sample(self, model_fn, x, t, clip_denoised=False, eta=0.0, noise=None, rng=None):
+        """One DDIM step x_t -> x_{t-1} (PAPER.md 3.6); the learned variance is unused.
+
+        z is drawn (or taken from `noise`) at every step, even for eta = 0, as official.
+        Returns dict(sample, pred_xstart).
+        """
+        xp = get_array_module(x)
+        t = self._index(t, x.shape[0])
+        out = self.p_mean_variance(self._call_model(model_fn, x, t), x, t, clip_denoised)
+        # eps re-derived from the (possibly clipped) x0 prediction
+        eps = ((_gather(self.sqrt_recip_alphas_cumprod, t, x) * x - out["pred_xstart"])
+               / _gather(self.sqrt_recipm1_alphas_cumprod, t, x))
+        abar = _gather(self.alphas_cumprod, t, x)
+        abar_prev = _gather(self.alphas_cumprod_prev, t, x)
+        sigma = eta * xp.sqrt((1 - abar_prev) / (1 - abar)) * xp.sqrt(1 - abar / abar_prev)
+        z = self._step_noise(x, noise, rng)
+        mean = out["pred_xstart"] * xp.sqrt(abar_prev) + xp.sqrt(1 - abar_prev - sigma ** 2) * eps
+        nonzero = _gather((np.arange(self.num_timesteps) != 0).astype(np.float64), t, x)
+        return {"sample": mean + nonzero * sigma * z, "pred_xstart": out["pred_xstart"]}
+
+    def _loop(self, step, shape, noise, rng, dtype, device, progress, callback):
+        """Run `step(x, t)` for t = S-1 .. 0 from the given or drawn starting noise."""
+        if noise is None:
+            if rng is None:
+                raise ValueError("sampling needs a starting noise or an rng (minidit.backend.Generator)")
+            noise = rng.normal(tuple(shape), dtype=dtype, device=device)
+        elif tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+        x = noise
+        indices = list(range(self.num_timesteps))[::-1]
+        if progress:
+            from tqdm.auto import tqdm
+            indices = tqdm(indices)
+        for i in indices:
+            out = step(x, np.full(shape[0], i, dtype=np.int64))
+            if callback is not None:
+                callback(i, out)
+            x = out["sample"]
+        return x
+
+    def p_sample_loop(self, model_fn, shape, noise=None, rng=None, clip_denoised=False,
+                      progress=False, callback=None, dtype=np.float32, device=None):
+        """Ancestral sampling over all steps of this chain; returns x_0 of shape `shape`.
+
+        Draw order: the starting noise (unless given) from rng, then one z per step.
+        callback(i, dict(sample, pred_xstart)) is called after each step, e.g. to record
+        intermediates. dtype/device apply only when the starting noise is drawn here.
+        """
+        def step(x, t):
+            return self.p_sample(model_fn, x, t, clip_denoised, rng=rng)
+        return self._loop(step, shape, noise, rng, dtype, device, progress, callback)
+
+    def ddim_sample_loop(self, model_fn, shape, noise=None, rng=None, clip_denoised=False, eta=0.0,
+                         progress=False, callback=None, dtype=np.float32, device=None):
+        """DDIM sampling over all steps of this chain (use a "ddimN" respacing); see p_sample_loop."""
+        def step(x, t):
+            return self.ddim_sample(model_fn, x, t, clip_denoised, eta, rng=rng)
+        return self._loop(step, shape, noise, rng, dtype, device, progress, callback)
+
+
+def create_diffusion(timestep_respacing="", noise_schedule="linear", learn_sigma=True,
+                     diffusion_steps=1000):
+    """DiT's diffusion (PAPER.md 3.1): always respaced, even "" (all steps), like the official code.
+
+    timestep_respacing: "" (all steps), "N", "N,M,..." or "ddimN" (see space_timesteps).
+    The betas of the kept steps s_0 < s_1 < ... are recomputed from alpha-bar:
+    beta'_j = 1 - abar_{s_j} / abar_{s_{j-1}}, with abar_{s_{-1}} = 1.
+    """
+    if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, (int, np.integer)) \
+            or diffusion_steps < 1:
+        raise ValueError(f"diffusion_steps must be a positive integer, got {diffusion_steps!r}")
+    base = GaussianDiffusion(get_named_beta_schedule(noise_schedule, diffusion_steps), learn_sigma)
+    use = space_timesteps(diffusion_steps, timestep_respacing or str(diffusion_steps))
+    kept = base.alphas_cumprod[use]
+    betas = 1.0 - kept / np.append(1.0, kept[:-1])
+    return GaussianDiffusion(betas, learn_sigma, timestep_map=use)

@@ -1,0 +1,144 @@
+"""DiT's hybrid training loss, L_simple + L_vlb (PAPER.md 3.4; Improved DDPM), with its gradient
+on the model output written by hand. The variational bound trains only the variance channels v:
+it sees a frozen eps_hat (stop-gradient), so the two terms never send gradient to each other's channels.
+"""
+import math
+
+from .backend import get_array_module
+
+LN2 = math.log(2.0)
+_K = math.sqrt(2.0 / math.pi)  # of the tanh approximation of the normal CDF
+_CLAMP = 1e-12  # floor of every log argument in the decoder likelihood
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element (natural log units)."""
+    xp = get_array_module(mean1, mean2)
+    return 0.5 * (-1.0 + logvar2 - logvar1 + xp.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
+
+
+def normal_kl_grad_logvar2(mean1, logvar1, mean2, logvar2):
+    """d normal_kl / d logvar2 per element (the only input the loss differentiates)."""
+    xp = get_array_module(mean1, mean2)
+    # kl = 0.5 (-1 + logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2))
+    return 0.5 * (1.0 - xp.exp(logvar1 - logvar2) - (mean1 - mean2) ** 2 * xp.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x):
+    """Phi(x) ~ 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the approximation ADM uses."""
+    xp = get_array_module(x)
+    return 0.5 * (1.0 + xp.tanh(_K * (x + 0.044715 * x ** 3)))
+
+
+def approx_standard_normal_cdf_grad(x):
+    """d approx_standard_normal_cdf / dx."""
+    xp = get_array_module(x)
+    th = xp.tanh(_K * (x + 0.044715 * x ** 3))
+    # cdf = 0.5 (1 + tanh(k (x + 0.044715 x^3)))
+    return 0.5 * (1.0 - th ** 2) * _K * (1.0 + 3 * 0.044715 * x ** 2)
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+    """log p(x) per element: the Gaussian N(means, e^(2 log_scales)) integrated over the bin
+    x +- 1/255, with the outer bins open to -inf (x < -0.999) and +inf (x > 0.999) (PAPER.md 3.4).
+    Every log argument is clamped to >= 1e-12. All arrays share one shape.
+    """
+    xp = get_array_module(x, means)
+    centered_x = x - means
+    inv_stdv = xp.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - 1.0 / 255.0))
+    log_cdf_plus = xp.log(xp.maximum(cdf_plus, _CLAMP))
+    log_one_minus_cdf_min = xp.log(xp.maximum(1.0 - cdf_min, _CLAMP))
+    log_cdf_delta = xp.log(xp.maximum(cdf_plus - cdf_min, _CLAMP))
+    return xp.where(x < -0.999, log_cdf_plus,
+                    xp.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+def discretized_gaussian_log_likelihood_grad_log_scales(x, means, log_scales):
+    """d discretized_gaussian_log_likelihood / d log_scales per element.
+
+    Where a clamp is active the log is the constant log(1e-12), so its gradient is zero there
+    (the boolean masks below; the divisions use the clamped values so they stay finite).
+    """
+    xp = get_array_module(x, means)
+    centered_x = x - means
+    inv_stdv = xp.exp(-log_scales)
+    plus_in = inv_stdv * (centered_x + 1.0 / 255.0)
+    min_in = inv_stdv * (centered_x - 1.0 / 255.0)
+    cdf_plus = approx_standard_normal_cdf(plus_in)
+    cdf_min = approx_standard_normal_cdf(min_in)
+    # plus_in = exp(-log_scales) (x - means + 1/255), so d plus_in / d log_scales = -plus_in
+    d_cdf_plus = approx_standard_normal_cdf_grad(plus_in) * -plus_in
+    # min_in = exp(-log_scales) (x - means - 1/255)
+    d_cdf_min = approx_standard_normal_cdf_grad(min_in) * -min_in
+    # log_cdf_plus = log(max(cdf_plus, 1e-12))
+    d_log_cdf_plus = (cdf_plus >= _CLAMP) * d_cdf_plus / xp.maximum(cdf_plus, _CLAMP)
+    # log_one_minus_cdf_min = log(max(1 - cdf_min, 1e-12))
+    one_minus = 1.0 - cdf_min
+    d_log_one_minus = (one_minus >= _CLAMP) * -d_cdf_min / xp.maximum(one_minus, _CLAMP)
+    # log_cdf_delta = log(max(cdf_plus - cdf_min, 1e-12))
+    delta = cdf_plus - cdf_min
+    d_log_delta = (delta >= _CLAMP) * (d_cdf_plus - d_cdf_min) / xp.maximum(delta, _CLAMP)
+    # log_probs = where(x < -0.999, log_cdf_plus, where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+    return xp.where(x < -0.999, d_log_cdf_plus, xp.where(x > 0.999, d_log_one_minus, d_log_delta))
+
+
+def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None):
+    """The loss DiT trains with (LossType.MSE, PAPER.md 3.4) and its gradient on model_output.
+
+    model_output: (N, 2C, H, W) = [eps_hat, v] (learn_sigma) or (N, C, H, W) = eps_hat;
+    x_start, x_t, noise: (N, C, H, W), with x_t = diffusion.q_sample(x_start, t, noise);
+    t: (N,) indices into this diffusion; dloss: (N,) upstream gradient of each sample's loss,
+    default 1/N, i.e. the gradient of loss.mean() over the batch.
+    Returns dict: mse, vb (learn_sigma only) and loss = mse + vb, each (N,), and grad =
+    d sum_n(dloss_n loss_n) / d model_output, shaped like model_output.
+    vb is in bits per dimension with no 1/1000 factor; it uses stop_grad(eps_hat).
+    On a respaced chain the model output must come from the model called at timestep_map[t].
+    """
+    xp = get_array_module(x_start)
+    N, C = x_start.shape[:2]
+    t = diffusion._index(t, N)
+    axes = tuple(range(1, x_start.ndim))
+    M = x_start[0].size  # C*H*W: every mean below is over these
+    if dloss is None:
+        dloss = xp.full((N,), 1.0 / N, dtype=x_start.dtype)
+    dloss = xp.asarray(dloss).reshape((-1,) + (1,) * (x_start.ndim - 1))
+
+    eps_hat = model_output[:, :C]
+    mse = ((noise - eps_hat) ** 2).mean(axis=axes)
+    # mse = mean_{CHW} (noise - eps_hat)^2
+    d_eps = dloss * (-2.0 / M) * (noise - eps_hat)
+    if not diffusion.learn_sigma:
+        return {"loss": mse, "mse": mse, "grad": d_eps}
+
+    vb, d_v = _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss)
+    return {"loss": mse + vb, "mse": mse, "vb": vb, "grad": xp.concatenate([d_eps, d_v], axis=1)}
+
+
+def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
+    """The L_vlb term per sample (N,) and its gradient on the v channels (N, C, H, W)."""
+    xp = get_array_module(x_start)
+    axes = tuple(range(1, x_start.ndim))
+    M = x_start[0].size
+    # The model mean depends only on eps_hat, taken as a constant here (the stop-gradient).
+    out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=False)
+    mean, log_var = out["mean"], out["log_variance"]
+    true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x_start, x_t, t)
+    kl = normal_kl(true_mean, true_log_var, mean, log_var)
+    nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 * log_var)
+    is_t0 = xp.asarray(t == 0).reshape((-1,) + (1,) * (x_start.ndim - 1))
+    vb = xp.where(is_t0, nll, kl).mean(axis=axes) / LN2
+
+    # vb = mean_{CHW} where(t == 0, nll, kl) / ln 2
+    d_elem = dloss / (M * LN2)
+    # kl = normal_kl(true_mean, true_log_var, mean, log_var)
+    d_log_var_kl = normal_kl_grad_logvar2(true_mean, true_log_var, mean, log_var)
+    # nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 log_var)
+    d_log_var_nll = -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(x_start, mean, 0.5 * log_var)
+    d_log_var = d_elem * xp.where(is_t0, d_log_var_nll, d_log_var_kl)
+    # log_var = frac max_log + (1 - frac) min_log, frac = (v + 1) / 2
+    min_log, max_log = diffusion.log_variance_range(t, x_t)
+    d_v = d_log_var * 0.5 * (max_log - min_log)
+    return vb, d_v
