@@ -253,8 +253,11 @@ def dit_forward(params, x, t, y, cfg):
     return out, dict(cfg=cfg, c_x=c_x, c_t=c_t, c_y=c_y, c_blocks=c_blocks, c_final=c_final, c_un=c_un)
 
 
-def dit_backward(dout, cache):
-    """dout (N, C_out, I, I) -> (grads keyed like params, dx (N, C, I, I))."""
+def dit_backward(dout, cache, need_dx=True):
+    """dout (N, C_out, I, I) -> (grads keyed like params, dx (N, C, I, I) or None).
+
+    Training needs no gradient for the input image: need_dx=False skips that product.
+    """
     cfg = cache["cfg"]
     xp = get_array_module(dout)
     g = {}
@@ -290,7 +293,7 @@ def dit_backward(dout, cache):
      g["t_embedder.mlp.2.b"]) = timestep_embedder_backward(dt_emb, cache["c_t"])
     g["y_embedder.embedding_table.w"] = label_embed_backward(dy_emb, cache["c_y"])
     # h = patch_embed(x) + pos_embed
-    dx, g["x_embedder.proj.w"], g["x_embedder.proj.b"] = patch_embed_backward(dh, cache["c_x"])
+    dx, g["x_embedder.proj.w"], g["x_embedder.proj.b"] = patch_embed_backward(dh, cache["c_x"], need_dx)
     return g, dx
 
 

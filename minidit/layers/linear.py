@@ -17,13 +17,13 @@ def linear_forward(x, w, b=None):
     return out.reshape(*x.shape[:-1], dout_), (x, w, b is not None)
 
 
-def linear_backward(dout, cache):
-    """dout (..., Dout) -> dx (..., Din), dw (Din, Dout), db (Dout,) or None."""
+def linear_backward(dout, cache, need_dx=True):
+    """dout (..., Dout) -> dx (..., Din) (None if not need_dx), dw (Din, Dout), db (Dout,) or None."""
     x, w, has_b = cache
     din, dout_ = w.shape
     d2 = dout.reshape(-1, dout_)  # (M, Dout)
     # out = x @ w  =>  dx = dout @ w^T, dw = x^T @ dout
-    dx = (d2 @ w.T).reshape(x.shape)
+    dx = (d2 @ w.T).reshape(x.shape) if need_dx else None
     dw = x.reshape(-1, din).T @ d2
     # out += b  (b broadcast over the M rows)  =>  db = sum of dout over rows
     db = d2.sum(axis=0) if has_b else None

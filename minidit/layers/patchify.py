@@ -35,11 +35,13 @@ def patch_embed_forward(x, w, b, p):
     return tokens, (c_lin, p, x.shape)
 
 
-def patch_embed_backward(dout, cache):
-    """dout (N, T, D) -> dx (N, C, H, W), dw (C*p*p, D), db (D,)."""
+def patch_embed_backward(dout, cache, need_dx=True):
+    """dout (N, T, D) -> dx (N, C, H, W) (None if not need_dx), dw (C*p*p, D), db (D,)."""
     c_lin, p, (N, C, H, W) = cache
     # tokens = patchify(x) @ w + b
-    dpatches, dw, db = linear_backward(dout, c_lin)
+    dpatches, dw, db = linear_backward(dout, c_lin, need_dx)
+    if not need_dx:
+        return None, dw, db
     # patches = patchify(x), a pure re-indexing, so its backward is the inverse re-indexing
     return unpatchify_patches(dpatches, p, C, H, W), dw, db
 

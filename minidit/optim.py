@@ -1,0 +1,119 @@
+"""The optimiser and the weight average of DiT's training recipe (PAPER.md 4.3).
+
+DiT trains with torch.optim.AdamW (lr 1e-4 constant, betas (0.9, 0.999), eps 1e-8, weight decay
+0, so in effect Adam) and keeps an exponential moving average (EMA, decay 0.9999) of the
+weights, which is what every result in the paper is sampled from. Both work on flat dicts of
+arrays keyed like the model's parameters, on NumPy or CuPy.
+"""
+from minidit.backend import get_array_module, to_numpy
+
+
+def _check_like(ref, other, what):
+    """Raise a clear error unless `other` has exactly the keys and shapes of `ref`."""
+    missing = [k for k in ref if k not in other]
+    extra = [k for k in other if k not in ref]
+    if missing or extra:
+        raise KeyError(f"{what}: missing keys {missing}, unexpected keys {extra}")
+    for k, a in ref.items():
+        if tuple(other[k].shape) != tuple(a.shape):
+            raise ValueError(f"{what}: {k!r} has shape {tuple(other[k].shape)}, "
+                             f"expected {tuple(a.shape)}")
+
+
+class AdamW:
+    """AdamW (Loshchilov & Hutter) with PyTorch's arithmetic, step by step.
+
+    params: dict name -> float array (N-D, any shape), the arrays the optimiser will update.
+    The moments m (first) and v (second) are zeros of the same shapes, on the same device.
+    step(params, grads) updates params in place; grads has the same keys and shapes.
+    """
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.step_count = 0
+        self.m = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
+        self.v = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
+
+    def step(self, params, grads):
+        """One update of every parameter, in place; returns nothing.
+
+        The order of operations is torch.optim.AdamW's single-tensor path, so a float32 run
+        stays within rounding of PyTorch's.
+        """
+        _check_like(self.m, params, "params")
+        _check_like(self.m, grads, "grads")
+        self.step_count += 1
+        b1, b2 = self.betas
+        # Python floats, computed once per step as PyTorch does.
+        bias_correction1 = 1 - b1 ** self.step_count
+        bias_correction2 = 1 - b2 ** self.step_count
+        step_size = self.lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2 ** 0.5
+        for k, p in params.items():
+            xp = get_array_module(p)
+            g, m, v = grads[k], self.m[k], self.v[k]
+            if self.weight_decay != 0:
+                p *= 1 - self.lr * self.weight_decay   # decoupled decay: shrink the weight itself
+            # m = b1*m + (1-b1)*g, written as torch writes it, m.lerp_(g, 1-b1) = m + (1-b1)(g-m)
+            tmp = xp.subtract(g, m)
+            tmp *= 1 - b1
+            m += tmp
+            # v = b2*v + (1-b2)*g*g   (torch: v.mul_(b2).addcmul_(g, g, value=1-b2))
+            v *= b2
+            xp.multiply(g, 1 - b2, out=tmp)
+            tmp *= g
+            v += tmp
+            # denom = sqrt(v) / sqrt(bias_correction2) + eps
+            denom = xp.sqrt(v)
+            denom /= bias_correction2_sqrt
+            denom += self.eps
+            # p -= step_size * m / denom   (torch: p.addcdiv_(m, denom, value=-step_size))
+            xp.multiply(m, step_size, out=tmp)
+            tmp /= denom
+            p -= tmp
+
+    def state_dict(self):
+        """Step count, hyperparameters and the moments as host NumPy arrays (for checkpoints)."""
+        return {"step": self.step_count, "lr": self.lr, "betas": self.betas, "eps": self.eps,
+                "weight_decay": self.weight_decay,
+                "m": {k: to_numpy(a).copy() for k, a in self.m.items()},
+                "v": {k: to_numpy(a).copy() for k, a in self.v.items()}}
+
+    def load_state_dict(self, state):
+        """Restore a state_dict; the moments are copied onto the device the params live on.
+
+        "step", "m" and "v" are required; the hyperparameters are restored when present (as
+        PyTorch does) and otherwise keep the values given to the constructor.
+        """
+        _check_like(self.m, state["m"], "optimizer state m")
+        _check_like(self.v, state["v"], "optimizer state v")
+        self.step_count = int(state["step"])
+        self.lr, self.eps = state.get("lr", self.lr), state.get("eps", self.eps)
+        self.betas = tuple(state.get("betas", self.betas))
+        self.weight_decay = state.get("weight_decay", self.weight_decay)
+        for k in self.m:
+            xp = get_array_module(self.m[k])
+            self.m[k][...] = xp.asarray(state["m"][k])
+            self.v[k][...] = xp.asarray(state["v"][k])
+
+
+def init_ema(params):
+    """The EMA weights at the start: an exact copy of params.
+
+    DiT does the same with deepcopy(model) followed by update_ema(ema, model, decay=0).
+    """
+    return {k: p.copy() for k, p in params.items()}
+
+
+def ema_update(ema_params, params, decay=0.9999):
+    """ema <- decay * ema + (1 - decay) * param, in place, for every key (PAPER.md 4.3).
+
+    Called after every optimiser step; no warm-up and no bias correction, as in DiT's train.py
+    (ema.mul_(decay).add_(param, alpha=1 - decay)). Frozen entries such as pos_embed are
+    averaged too and only pick up rounding.
+    """
+    _check_like(ema_params, params, "ema params")
+    for k, e in ema_params.items():
+        xp = get_array_module(e)
+        e *= decay
+        e += xp.multiply(params[k], 1 - decay)

@@ -1,0 +1,170 @@
+"""Tests for minidit.optim: AdamW against hand-computed steps and PyTorch, EMA (PAPER.md 4.3)."""
+import math
+
+import numpy as np
+import pytest
+
+from minidit.backend import to_numpy
+from minidit.optim import AdamW, ema_update, init_ema
+
+
+def _adamw_reference(p, grads, lr, b1, b2, eps, wd):
+    """AdamW on one Python float, textbook form (bias-corrected moments), for the expected values."""
+    m = v = 0.0
+    out = []
+    for t, g in enumerate(grads, start=1):
+        p = p * (1 - lr * wd)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p - lr * m_hat / (math.sqrt(v_hat) + eps)
+        out.append(p)
+    return out
+
+
+def test_adamw_hand_computed_steps(xp):
+    # Two scalars, three steps, lr 0.1. Written out, the first step of the first element is
+    # 1 - 0.1 * 0.5 / (0.5 + 1e-8) = 0.900000002 (Adam's first step is lr * sign(g), nearly).
+    grads_a, grads_b = [0.5, -1.0, 0.25], [-3.0, 0.5, 2.0]
+    expected_a = [0.900000002, 0.9366103542405654, 0.9502794203389762]
+    expected_b = [-1.9000000003333333, -1.8461462453909412, -1.8464974784252373]
+    # the literals above are what the plain-float reference gives
+    np.testing.assert_allclose(_adamw_reference(1.0, grads_a, 0.1, 0.9, 0.999, 1e-8, 0.0), expected_a,
+                               rtol=1e-15)
+    np.testing.assert_allclose(_adamw_reference(-2.0, grads_b, 0.1, 0.9, 0.999, 1e-8, 0.0), expected_b,
+                               rtol=1e-15)
+
+    params = {"w": xp.array([1.0, -2.0], dtype=xp.float64)}
+    opt = AdamW(params, lr=0.1)
+    for t in range(3):
+        opt.step(params, {"w": xp.array([grads_a[t], grads_b[t]], dtype=xp.float64)})
+        got = to_numpy(params["w"])
+        print(f"step {t + 1}: got {got.tolist()}, expected {[expected_a[t], expected_b[t]]}")
+        np.testing.assert_allclose(got, [expected_a[t], expected_b[t]], rtol=1e-13, atol=0)
+    assert opt.step_count == 3
+
+
+def test_adamw_weight_decay(xp):
+    # Decoupled weight decay: with zero gradients the moments stay zero, the Adam update is
+    # 0 / (0 + eps) = 0, and each step only multiplies the weights by (1 - lr * wd).
+    p0 = np.array([2.0, -3.0, 0.5])
+    params = {"w": xp.asarray(p0.copy())}
+    opt = AdamW(params, lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        opt.step(params, {"w": xp.zeros(3)})
+    np.testing.assert_allclose(to_numpy(params["w"]), p0 * 0.95 ** 3, rtol=1e-15)
+    assert float(abs(opt.m["w"]).max()) == 0.0 and float(abs(opt.v["w"]).max()) == 0.0
+    # the decay is not part of the gradient: with decay on, the steps are reference AdamW's
+    params = {"w": xp.array([1.0])}
+    opt = AdamW(params, lr=0.1, weight_decay=0.5)
+    for g, want in zip([0.5, -1.0, 0.25], [0.8500000019999999, 0.8441103541405653, 0.8155739025319478]):
+        opt.step(params, {"w": xp.array([g])})
+        np.testing.assert_allclose(float(params["w"][0]), want, rtol=1e-13)
+    # without decay and without gradient nothing moves
+    params = {"w": xp.asarray(p0.copy())}
+    AdamW(params, lr=0.1).step(params, {"w": xp.zeros(3)})
+    np.testing.assert_array_equal(to_numpy(params["w"]), p0)
+
+
+def _random_problem(xp, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {"blocks.0.attn.qkv.w": rng.standard_normal((4, 12)).astype(np.float32),
+              "blocks.0.attn.qkv.b": rng.standard_normal(12).astype(np.float32)}
+    grads = [{k: rng.standard_normal(p.shape).astype(np.float32) for k, p in params.items()}
+             for _ in range(6)]
+    return ({k: xp.asarray(p) for k, p in params.items()},
+            [{k: xp.asarray(g) for k, g in gs.items()} for gs in grads])
+
+
+def test_adamw_state_round_trip_continues_identically(xp):
+    params, grads = _random_problem(xp)
+    opt = AdamW(params, lr=1e-2, weight_decay=0.01)
+    for g in grads[:3]:
+        opt.step(params, g)
+    saved_params = {k: to_numpy(p).copy() for k, p in params.items()}
+    state = opt.state_dict()
+    assert state["step"] == 3
+    assert all(type(a) is np.ndarray for a in list(state["m"].values()) + list(state["v"].values()))
+    for g in grads[3:]:
+        opt.step(params, g)
+
+    resumed = {k: xp.asarray(p) for k, p in saved_params.items()}
+    opt2 = AdamW(resumed)            # default hyperparameters: load_state_dict restores them
+    opt2.load_state_dict(state)
+    assert opt2.lr == 1e-2 and opt2.weight_decay == 0.01
+    for g in grads[3:]:
+        opt2.step(resumed, g)
+    for k in params:
+        np.testing.assert_array_equal(to_numpy(resumed[k]), to_numpy(params[k]))
+        assert type(opt2.m[k]) is type(params[k])   # moments back on the params' device
+
+    # a state with only step, m and v keeps the constructor's hyperparameters
+    opt3 = AdamW({k: xp.asarray(p) for k, p in saved_params.items()}, lr=5e-3)
+    opt3.load_state_dict({"step": state["step"], "m": state["m"], "v": state["v"]})
+    assert opt3.step_count == 3 and opt3.lr == 5e-3 and opt3.weight_decay == 0.0
+
+
+def test_adamw_float32_stays_float32_in_place(xp):
+    params, grads = _random_problem(xp)
+    ids = {k: id(p) for k, p in params.items()}
+    opt = AdamW(params)
+    opt.step(params, grads[0])
+    for k, p in params.items():
+        assert id(p) == ids[k] and p.dtype == np.float32
+        assert opt.m[k].dtype == np.float32 and opt.v[k].dtype == np.float32
+
+
+def test_adamw_clear_errors():
+    params = {"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float32)}
+    opt = AdamW(params)
+    with pytest.raises(KeyError, match="'b'"):
+        opt.step(params, {"a": np.ones(3, np.float32)})
+    with pytest.raises(ValueError, match="'b'.*shape"):
+        opt.step(params, {"a": np.ones(3, np.float32), "b": np.ones(4, np.float32)})
+    assert opt.step_count == 0
+    with pytest.raises(KeyError, match="'a'"):
+        opt.load_state_dict({**opt.state_dict(), "m": {"b": np.zeros((2, 2))}})
+
+
+def test_ema_formula_and_init(xp):
+    params = {"w": xp.array([1.0, -2.0]), "pos_embed": xp.array([0.5])}
+    ema = init_ema(params)
+    for k in params:
+        np.testing.assert_array_equal(to_numpy(ema[k]), to_numpy(params[k]))
+        assert ema[k] is not params[k]
+    params["w"][...] = xp.array([3.0, 0.0])          # the model moves on; the copy must not
+    np.testing.assert_array_equal(to_numpy(ema["w"]), [1.0, -2.0])
+
+    ema_update(ema, params, decay=0.9)
+    # 0.9 * 1 + 0.1 * 3 = 1.2 and 0.9 * (-2) + 0.1 * 0 = -1.8; pos_embed is unchanged
+    np.testing.assert_allclose(to_numpy(ema["w"]), [1.2, -1.8], rtol=1e-15)
+    np.testing.assert_allclose(to_numpy(ema["pos_embed"]), [0.5], rtol=1e-15)
+    ema_update(ema, params, decay=0.9)
+    np.testing.assert_allclose(to_numpy(ema["w"]), [0.9 * 1.2 + 0.3, 0.9 * -1.8], rtol=1e-15)
+    # decay 0 synchronises (DiT's update_ema(ema, model, decay=0))
+    ema_update(ema, params, decay=0.0)
+    np.testing.assert_array_equal(to_numpy(ema["w"]), [3.0, 0.0])
+    # the default decay is the paper's 0.9999, with no warm-up
+    ema2 = {"w": xp.array([0.0, 0.0])}
+    ema_update(ema2, {"w": xp.array([1.0, 1.0])})
+    np.testing.assert_allclose(to_numpy(ema2["w"]), [1e-4, 1e-4], rtol=1e-12)
+    with pytest.raises(KeyError, match="pos_embed"):
+        ema_update(ema, {"w": params["w"]})
+
+
+def test_adamw_matches_torch():
+    torch = pytest.importorskip("torch")
+    params, grads = _random_problem(np)
+    tparams = {k: torch.nn.Parameter(torch.from_numpy(p.copy())) for k, p in params.items()}
+    topt = torch.optim.AdamW(list(tparams.values()), lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=0.1)
+    opt = AdamW(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    for g in grads[:5]:
+        for k, tp in tparams.items():
+            tp.grad = torch.from_numpy(g[k].copy())
+        topt.step()
+        opt.step(params, g)
+    for k, tp in tparams.items():
+        err = np.abs(params[k] - tp.detach().numpy()).max()
+        print(f"{k}: max |ours - torch| after 5 steps = {err:.2e}")
+        assert err < 1e-6
