@@ -76,3 +76,72 @@ def from_official(state_dict, cfg, dtype=np.float32, check_pos_embed=True):
             raise ValueError("from_official: pos_embed does not match the sin-cos table of this "
                              "config (wrong input_size, patch_size or hidden_size?)")
     return params
+
+
+# minidit's own training checkpoints ------------------------------------------------------------
+# One .npz per checkpoint: arrays under "group/key" names plus a JSON "meta" entry. Written to a
+# temporary file in the same folder, flushed to disk and then renamed over the target, so a
+# crash mid-write never leaves a broken checkpoint behind.
+
+FORMAT = "minidit-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path, meta, **groups):
+    """Atomically write `groups` (name -> dict of arrays) and `meta` (JSON-able dict) to path."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"meta": np.array(json.dumps({"format": FORMAT, "version": VERSION, **meta}))}
+    for g, d in groups.items():
+        for k, v in d.items():
+            arrays[f"{g}/{k}"] = np.asarray(to_numpy(v))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by save_checkpoint -> (meta, {group: {key: array}}).
+
+    A file that is not a minidit checkpoint raises ValueError with a hint.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise ValueError(f"{path} is not a minidit checkpoint (no 'meta' entry). Official "
+                                 "PyTorch DiT weights: read them into NumPy and use "
+                                 "minidit.checkpoint.from_official(state_dict, cfg)")
+            meta = json.loads(str(z["meta"]))
+            groups = {}
+            for name in z.files:
+                if name != "meta":
+                    g, k = name.split("/", 1)
+                    groups.setdefault(g, {})[k] = z[name]
+    except (OSError, EOFError, ValueError) as e:
+        if isinstance(e, ValueError) and "minidit" in str(e):
+            raise
+        raise ValueError(f"{path} is not a readable minidit checkpoint ({e}); train with "
+                         "`python -m minidit.train` to make one") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a minidit checkpoint (format {meta.get('format')!r})")
+    return meta, groups

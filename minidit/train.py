@@ -1,0 +1,247 @@
+"""Training DiT (PAPER.md section 4): uniform timesteps, the hybrid loss, AdamW and an EMA of
+the weights, on the built-in data by default, with checkpoints that resume bit for bit.
+
+    python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny
+"""
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backend import Generator, set_device, synchronize, to_numpy
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataLoader, load_dataset
+from .diffusion import create_diffusion
+from .model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
+from .optim import AdamW, ema_update, init_ema
+from .viz import plot_loss_curve, save_grid, to_uint8
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay):
+    """One step of DiT's train.py: t ~ U{0..T-1}, noise, label dropout, forward, hybrid loss,
+    backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
+    The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run."""
+    N = x.shape[0]
+    t = rng.integers(0, diffusion.num_timesteps, (N,), device=_dev(x))
+    noise = rng.normal(x.shape, dtype=x.dtype, device=_dev(x))
+    y = apply_label_dropout(y, cfg, rng)
+    x_t = diffusion.q_sample(x, t, noise)
+    out, cache = dit_forward(params, x_t, t, y, cfg)
+    terms = diffusion.training_losses(out, x, x_t, t, noise)
+    grads, _ = dit_backward(terms["grad"], cache, need_dx=False)
+    gnorm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    stats = {k: float(terms[k].mean()) for k in ("loss", "mse", "vb") if k in terms}
+    if not all(math.isfinite(v) for v in stats.values()) or not math.isfinite(gnorm):
+        return dict(stats, grad_norm=gnorm, finite=False)
+    opt.step(params, grads)
+    ema_update(ema, params, ema_decay)
+    return dict(stats, grad_norm=gnorm, finite=True)
+
+
+def _dev(x):
+    from .backend import device_of
+    return device_of(x)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line and status 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser():
+    ap = _Parser(prog="python -m minidit.train", description="Train a class-conditional DiT.")
+    ap.add_argument("--model", default="minidit-Tiny/4", help=f"config name ({', '.join(DiT_models)})")
+    ap.add_argument("--depth", type=int, default=None, help="override the config's depth")
+    ap.add_argument("--hidden-size", type=int, default=None, help="override the config's hidden size")
+    ap.add_argument("--num-heads", type=int, default=None, help="override the config's heads")
+    ap.add_argument("--patch-size", type=int, default=None, help="override the config's patch size")
+    ap.add_argument("--block", default=None, help="block design override (adaLN-Zero, adaLN, in-context, cross-attention)")
+    ap.add_argument("--data", default="shapes", help="'shapes' (built in, default), 'mnist' or an image folder")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--num-images", type=int, default=None, help="training images (shapes default 10,000)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2000, help="total training steps")
+    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
+    ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
+    ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
+    ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
+    ap.add_argument("--out", default="runs/default", help="output directory")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    ap.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep (the newest)")
+    ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDPM steps of the sample grids")
+    ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance of the sample grids")
+    ap.add_argument("--vae", default=None, help="VAE checkpoint: train DiT on its latents (latent diffusion)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def _validate(ap, a):
+    for name in ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size", "sample_steps"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    if a.lr <= 0:
+        ap.error(f"--lr must be positive, got {a.lr}")
+    if not 0 <= a.ema_decay < 1:
+        ap.error(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
+    if a.class_dropout is not None and not 0 <= a.class_dropout < 1:
+        ap.error(f"--class-dropout must be in [0, 1), got {a.class_dropout}")
+    if a.model not in DiT_models:
+        ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
+    if a.resume and a.overwrite:
+        ap.error("--resume and --overwrite contradict each other")
+    if a.cfg_scale < 1:
+        ap.error(f"--cfg-scale must be >= 1, got {a.cfg_scale}")
+
+
+def checkpoints_of(out):
+    return sorted((Path(out) / "checkpoints").glob("step_*.npz"))
+
+
+def run(args, log=print):
+    """Train as the parsed arguments say; returns a summary dict. Raises TrainingDiverged."""
+    out = Path(args.out)
+    device = set_device(args.device)
+    existing = checkpoints_of(out)
+    if existing and not args.resume and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a run ({existing[-1].name}); pass --resume to "
+                              "continue it or --overwrite to start over")
+    if args.resume and not existing:
+        raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
+    encoder = None
+    overrides = dict(input_size=args.image_size, in_channels=data.channels, num_classes=data.num_classes)
+    if args.vae:
+        from .autoencoder import load_vae_encoder
+        encoder = load_vae_encoder(args.vae, device=device)
+        overrides.update(input_size=encoder.latent_size(args.image_size), in_channels=encoder.latent_channels)
+    for name in ("block", "depth", "hidden_size", "num_heads", "patch_size"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.class_dropout is not None:
+        overrides["class_dropout_prob"] = args.class_dropout
+    cfg = DiT_models[args.model](**overrides)
+    diffusion = create_diffusion("", learn_sigma=cfg.learn_sigma)
+    rng = Generator(args.seed, device=device)
+    params = init_params(cfg, seed=args.seed, device=device)
+    ema = init_ema(params)
+    opt = AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
+    step = 0
+    if args.resume:
+        meta, groups = load_checkpoint(existing[-1])
+        if DiTConfig.from_dict(meta["config"]) != cfg:
+            raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
+                             f"arguments' {cfg.to_dict()}")
+        for k in params:
+            params[k][...] = groups["model"][k]
+            ema[k][...] = groups["ema"][k]
+        opt.load_state_dict({"step": meta["opt_step"], "m": groups["opt_m"], "v": groups["opt_v"]})
+        rng.set_state(meta["rng"])
+        loader.load_state_dict({**meta["loader"], "order": groups.get("loader", {}).get("order")})
+        step = meta["step"]
+        log(f"resumed {out} at step {step}")
+
+    def save(step):
+        meta = dict(step=step, config=cfg.to_dict(), model_name=args.model, rng=rng.get_state(),
+                    opt_step=opt.step_count, loader={k: v for k, v in loader.state_dict().items() if k != "order"},
+                    class_names=data.class_names, dataset=str(args.data), image_size=args.image_size,
+                    args=vars(args), vae=args.vae, latent_scale=getattr(encoder, "scale", None))
+        order = loader.state_dict()["order"]
+        path = save_checkpoint(out / "checkpoints" / f"step_{step:07d}.npz", meta, model=params, ema=ema,
+                               opt_m=opt.m, opt_v=opt.v, **({"loader": {"order": order}} if order is not None else {}))
+        for old in checkpoints_of(out)[:-args.keep]:
+            old.unlink()
+        return path
+
+    def sample_grid(step):
+        from .sample import generate
+        labels = np.repeat(np.arange(cfg.num_classes), 4 if cfg.num_classes <= 16 else 1)[:64]
+        decode = encoder.decode if encoder is not None else None
+        x = generate(ema, cfg, labels, args.sample_steps, "ddpm", args.cfg_scale, seed=0, device=device,
+                     decode=decode)
+        path = out / "samples" / f"step_{step:07d}.png"
+        save_grid(to_uint8(x), labels, data.class_names, path,
+                  title=f"{args.model} EMA step {step}, DDPM {args.sample_steps} steps, guidance {args.cfg_scale:g}")
+        return path
+
+    log_path = out / "log.jsonl"
+    if not args.resume and log_path.exists():
+        log_path.unlink()
+    n_params = sum(int(v.size) for v in params.values())
+    log(f"{args.model} ({cfg.block}, {n_params:,} trainable params, input {cfg.input_size}x{cfg.input_size}"
+        f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}, {len(data)} training images")
+    from tqdm.auto import tqdm
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train", dynamic_ncols=True)
+    acc, t_last, last_ckpt = [], time.perf_counter(), (existing[-1] if args.resume else None)
+    start_step = step
+    while step < args.steps:
+        x, y = next(loader)
+        if encoder is not None:
+            x = encoder.sample_latents(x, rng)
+        stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay)
+        step += 1
+        if not stats["finite"]:
+            bar.close()
+            raise TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm "
+                                   f"{stats['grad_norm']}); the last good checkpoint is "
+                                   f"{last_ckpt or 'none (no checkpoint written yet)'}")
+        acc.append(stats)
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.steps:
+            synchronize()
+            now = time.perf_counter()
+            rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
+                   "steps_per_sec": len(acc) / (now - t_last),
+                   "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
+            acc, t_last = [], now
+        if step % args.ckpt_every == 0 or step == args.steps:
+            last_ckpt = save(step)
+            plot_loss_curve(log_path, out / "loss.png", title=f"{args.model} on {args.data}")
+        if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+            sample_grid(step)
+    bar.close()
+    summary = {"out": str(out), "step": step, "steps_this_run": step - start_step,
+               "checkpoint": str(last_ckpt) if last_ckpt else None}
+    log(f"done: step {step}, checkpoint {summary['checkpoint']}, samples in {out / 'samples'}")
+    return summary
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    _validate(ap, args)
+    try:
+        run(args)
+    except TrainingDiverged as e:
+        print(f"{ap.prog}: training stopped: {e}", file=sys.stderr)
+        return 1
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
+        ap.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Pictures the commands write: labelled sample grids and loss curves (matplotlib, Agg)."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def to_uint8(x):
+    """Model-space images (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), as DiT's sample_ddp.py:
+    clamp(127.5 x + 128, 0, 255)."""
+    from .backend import to_numpy
+    x = np.asarray(to_numpy(x), dtype=np.float32)
+    return np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def save_grid(images, labels, class_names, path, ncol=None, title=None):
+    """Write a PNG grid of uint8 images (N, H, W, C), one row per class present, labelled."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, labels = np.asarray(images), np.asarray(labels)
+    classes = list(dict.fromkeys(labels.tolist()))  # in order of first appearance
+    per_class = [np.flatnonzero(labels == c) for c in classes]
+    ncol = ncol or max(len(p) for p in per_class)
+    fig, axes = plt.subplots(len(classes), ncol, figsize=(1.1 * ncol + 1.6, 1.1 * len(classes) + 0.4),
+                             squeeze=False)
+    for r, (c, idx) in enumerate(zip(classes, per_class)):
+        for j in range(ncol):
+            ax = axes[r, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < len(idx):
+                im = images[idx[j]]
+                ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap="gray", vmin=0, vmax=255,
+                          interpolation="nearest")
+        name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+        axes[r, 0].set_ylabel(f"{c}: {name}", rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def read_log(log_path):
+    rows = []
+    with open(log_path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def plot_loss_curve(log_path, png_path, title="training loss"):
+    """Plot loss, mse and vb from a training JSONL log (one record per logged step)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_log(log_path) if "loss" in r]
+    if not rows:
+        return None
+    steps = np.array([r["step"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "mse", "vb"):
+        if key in rows[0]:
+            ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (mean over the logged steps)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,110 @@
+"""The training command end to end on a tiny model: it learns, resumes bit for bit, refuses to
+overwrite a run, stops on a non-finite loss keeping the last good checkpoint, writes
+checkpoints atomically, and rejects bad arguments with status 2."""
+import json
+
+import numpy as np
+import pytest
+
+from minidit import train
+from minidit.checkpoint import load_checkpoint, save_checkpoint
+
+TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
+        "--image-size", "8", "--num-images", "64", "--batch-size", "8", "--lr", "1e-3",
+        "--ema-decay", "0.9", "--log-every", "1", "--sample-steps", "2", "--no-progress"]
+
+
+def _args(tmp_path, *extra, out="run"):
+    return train.build_parser().parse_args(TINY + ["--out", str(tmp_path / out), *extra])
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
+    train.run(_args(tmp_path, "--steps", "100", "--ckpt-every", "50", "--lr", "3e-3", "--hidden-size", "32"), log=lambda *a: None)
+    out = tmp_path / "run"
+    rows = [json.loads(l) for l in open(out / "log.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 101))
+    assert {"loss", "mse", "vb", "grad_norm", "steps_per_sec", "images_per_sec"} <= set(rows[0])
+    first, last = np.mean([r["loss"] for r in rows[:10]]), np.mean([r["loss"] for r in rows[-10:]])
+    assert last < 0.7 * first, (first, last)
+    assert (out / "loss.png").exists() and (out / "samples" / "step_0000100.png").exists()
+    assert [p.name for p in train.checkpoints_of(out)] == ["step_0000050.npz", "step_0000100.npz"]
+    meta, groups = load_checkpoint(out / "checkpoints" / "step_0000100.npz")
+    assert meta["step"] == 100 and set(groups) >= {"model", "ema", "opt_m", "opt_v"}
+    # the EMA moved towards the weights but is not equal to them
+    k = "final_layer.linear.w"
+    assert not np.array_equal(groups["ema"][k], groups["model"][k]) and np.any(groups["ema"][k])
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "6", out="straight"), log=lambda *a: None)
+    train.run(_args(tmp_path, "--steps", "3", "--ckpt-every", "3", out="stopped"), log=lambda *a: None)
+    train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "3", "--resume", out="stopped"), log=lambda *a: None)
+    _, a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000006.npz")
+    _, b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "step_0000006.npz")
+    for group in ("model", "ema", "opt_m", "opt_v"):
+        for k in a[group]:
+            assert np.array_equal(a[group][k], b[group][k]), (group, k)  # identical to the bit
+    la = [json.loads(l)["loss"] for l in open(tmp_path / "straight" / "log.jsonl")]
+    lb = [json.loads(l)["loss"] for l in open(tmp_path / "stopped" / "log.jsonl")]
+    assert la == lb
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    train.run(_args(tmp_path, "--steps", "2"), log=lambda *a: None)
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "2"])
+    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    train.run(_args(tmp_path, "--steps", "2", "--overwrite"), log=lambda *a: None)
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    real = train.train_step
+    calls = {"n": 0}
+
+    def poisoned(params, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            params["final_layer.linear.b"][...] = np.nan  # corrupt the weights: the loss turns NaN
+        return real(params, *a, **k)
+
+    monkeypatch.setattr(train, "train_step", poisoned)
+    rc = train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "10", "--ckpt-every", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "at step 5" in err and "step_0000004.npz" in err
+    assert [p.name for p in train.checkpoints_of(tmp_path / "run")] == ["step_0000004.npz"]
+    _, g = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000004.npz")
+    assert all(np.isfinite(v).all() for v in g["model"].values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"step": 1}, model={"w": np.ones(3)})
+
+    def crash(f, **arrays):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2}, model={"w": np.zeros(3)})
+    meta, g = load_checkpoint(path)  # the old checkpoint is intact
+    assert meta["step"] == 1 and np.array_equal(g["model"]["w"], np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--steps", "0"], "--steps must be positive"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--ema-decay", "1.5"], "--ema-decay must be in"),
+    (["--model", "DiT-Q/3"], "unknown --model"),
+    (["--data", "/no/such/folder"], "unknown dataset"),
+    (["--resume"], "holds no checkpoint"),
+    (["--hidden-size", "18"], "hidden_size=18"),
+    (["--batch-size", "1000"], "batch_size 1000"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--out", str(tmp_path / "bad"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
+    assert not train.checkpoints_of(tmp_path / "bad")
