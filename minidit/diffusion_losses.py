@@ -18,6 +18,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
                   + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
 
 
+# exercise: 3.1 Preliminaries: diffusion formulation
 def normal_kl_grad_logvar2(mean1, logvar1, mean2, logvar2):
     """d normal_kl / d logvar2 per element (the only input the loss differentiates)."""
     xp = get_array_module(mean1, mean2)
@@ -56,6 +57,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
                     xp.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
+# exercise: 3.1 Preliminaries: diffusion formulation
 def discretized_gaussian_log_likelihood_grad_log_scales(x, means, log_scales):
     """d discretized_gaussian_log_likelihood / d log_scales per element.
 

@@ -10,21 +10,47 @@ _GELU_C = 0.044715
 
 
 def gelu_forward(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x any shape."""
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x any shape.
+
+    Only x is cached; the backward recomputes the tanh, which costs less than keeping a second
+    array of the MLP's widest activation alive until the backward pass.
+    """
+    out = _gelu_tanh(x)  # th = tanh(k (x + c x^3))
+    out += 1.0
+    out *= x
+    out *= 0.5  # 0.5 x (1 + th)
+    return out, x
+
+
+def _gelu_tanh(x):
+    """tanh(k (x + c x^3)), computed in one buffer (k x (1 + c x^2) has fewer passes)."""
     xp = get_array_module(x)
-    th = xp.tanh(_GELU_K * (x + _GELU_C * x * x * x))
-    out = 0.5 * x * (1.0 + th)
-    return out, (x, th)
+    u = x * x
+    u *= _GELU_C * _GELU_K
+    u += _GELU_K
+    u *= x  # k (x + c x^3)
+    return xp.tanh(u, out=u)
 
 
+# exercise: 3.2 DiT block design
 def gelu_backward(dout, cache):
     """dout like x -> dx."""
-    x, th = cache
+    x = cache
+    th = _gelu_tanh(x)
     # out = 0.5 x (1 + th), th = tanh(u), u = k (x + c x^3)
     # dout/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 c x^2)
-    dx = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * (_GELU_K * (1.0 + 3.0 * _GELU_C * x * x))
-    dx *= dout
-    return dx
+    dx = x * x
+    dx *= 3.0 * _GELU_C * _GELU_K
+    dx += _GELU_K
+    dx *= x  # x k (1 + 3 c x^2)
+    sech2 = th * th
+    sech2 -= 1.0
+    dx *= sech2  # -x (1 - th^2) k (1 + 3 c x^2)
+    th += 1.0
+    th -= dx  # (1 + th) + x (1 - th^2) k (1 + 3 c x^2)
+    th *= 0.5
+    th *= dout
+    return th
 
 
 def silu_forward(x):
@@ -34,6 +60,7 @@ def silu_forward(x):
     return x * s, (x, s)
 
 
+# exercise: 3.2 DiT block design
 def silu_backward(dout, cache):
     """dout like x -> dx."""
     x, s = cache
@@ -44,11 +71,13 @@ def silu_backward(dout, cache):
 def softmax_forward(x, axis=-1):
     """Softmax along `axis` (the keys axis in attention). The max is subtracted for stability."""
     xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e = x - x.max(axis=axis, keepdims=True)
+    xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e, (e, axis)
 
 
+# exercise: 3.2 DiT block design
 def softmax_backward(dout, cache):
     """dout like x -> dx. Only the output y is cached: dy/dx = diag(y) - y y^T per row."""
     y, axis = cache

@@ -10,6 +10,7 @@ from .activations import softmax_forward, softmax_backward
 from .linear import linear_forward, linear_backward
 
 
+# exercise: 3.2 DiT block design
 def sdpa_forward(q, k, v):
     """Scaled dot-product attention. q (N, nh, Tq, hd), k, v (N, nh, Tk, hd) -> (N, nh, Tq, hd)."""
     scale = q.shape[-1] ** -0.5
@@ -19,6 +20,7 @@ def sdpa_forward(q, k, v):
     return out, (q, k, v, p, scale)
 
 
+# exercise: 3.2 DiT block design
 def sdpa_backward(dout, cache):
     """dout (N, nh, Tq, hd) -> dq, dk, dv."""
     q, k, v, p, scale = cache
@@ -27,9 +29,10 @@ def sdpa_backward(dout, cache):
     dv = p.swapaxes(-1, -2) @ dout  # (N, nh, Tk, hd)
     # p = softmax(scores)
     ds = softmax_backward(dp, (p, -1))
-    # scores = (q * scale) @ k^T
-    dq = (ds @ k) * scale
-    dk = ds.swapaxes(-1, -2) @ (q * scale)
+    # scores = (q * scale) @ k^T, so both gradients carry the scale: fold it into ds once
+    ds *= scale
+    dq = ds @ k
+    dk = ds.swapaxes(-1, -2) @ q
     return dq, dk, dv
 
 
@@ -58,6 +61,7 @@ def attention_forward(x, qkv_w, qkv_b, proj_w, proj_b, num_heads):
     return out, (c_qkv, c_att, c_proj, num_heads)
 
 
+# exercise: 3.2 DiT block design
 def attention_backward(dout, cache):
     """dout (N, T, D) -> dx, dqkv_w, dqkv_b, dproj_w, dproj_b."""
     c_qkv, c_att, c_proj, nh = cache

@@ -37,6 +37,7 @@ def label_embed_forward(y, table):
     return table[y], (y, rows)
 
 
+# exercise: 3.1 Classifier-free guidance
 def label_embed_backward(dout, cache):
     """dout (N, D) -> dtable (rows, D).
 

@@ -6,6 +6,7 @@ and cross-attention block designs use.
 from ..backend import get_array_module
 
 
+# exercise: 3.2 DiT block design
 def layernorm_forward(x, gamma=None, beta=None, eps=1e-6):
     """x (..., D), gamma/beta (D,) or None -> out (..., D), cache.
 
@@ -17,11 +18,13 @@ def layernorm_forward(x, gamma=None, beta=None, eps=1e-6):
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)  # biased variance, as torch
     rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-    xhat = xc * rstd
+    xhat = xc
+    xhat *= rstd  # (x - mean) / std, in the buffer of xc
     out = xhat if gamma is None else xhat * gamma + beta
     return out, (xhat, rstd, gamma)
 
 
+# exercise: 3.2 DiT block design
 def layernorm_backward(dout, cache):
     """dout (..., D) -> dx (..., D), dgamma (D,) or None, dbeta (D,) or None."""
     xhat, rstd, gamma = cache

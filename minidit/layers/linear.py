@@ -5,6 +5,7 @@ matrix product over all leading axes flattened together.
 """
 
 
+# exercise: 3.2 DiT block design
 def linear_forward(x, w, b=None):
     """x (..., Din), w (Din, Dout), b (Dout,) or None -> out (..., Dout), cache."""
     din, dout_ = w.shape
@@ -17,6 +18,7 @@ def linear_forward(x, w, b=None):
     return out.reshape(*x.shape[:-1], dout_), (x, w, b is not None)
 
 
+# exercise: 3.2 DiT block design
 def linear_backward(dout, cache, need_dx=True):
     """dout (..., Dout) -> dx (..., Din) (None if not need_dx), dw (Din, Dout), db (Dout,) or None."""
     x, w, has_b = cache

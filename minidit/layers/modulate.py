@@ -6,12 +6,14 @@ adds each branch through a gate: x + gate * branch, with the gate zero at initia
 """
 
 
+# exercise: 3.2 DiT block design
 def modulate_forward(x, shift, scale):
     """x (N, T, D), shift (N, D), scale (N, D) -> out (N, T, D)."""
     out = x * (1.0 + scale[:, None, :]) + shift[:, None, :]
     return out, (x, scale)
 
 
+# exercise: 3.2 DiT block design
 def modulate_backward(dout, cache):
     """dout (N, T, D) -> dx (N, T, D), dshift (N, D), dscale (N, D)."""
     x, scale = cache
@@ -27,6 +29,7 @@ def gated_residual_forward(x, branch, gate):
     return x + gate[:, None, :] * branch, (branch, gate)
 
 
+# exercise: 3.2 DiT block design
 def gated_residual_backward(dout, cache):
     """dout (N, T, D) -> dx, dbranch (N, T, D), dgate (N, D)."""
     branch, gate = cache

@@ -35,6 +35,7 @@ def patch_embed_forward(x, w, b, p):
     return tokens, (c_lin, p, x.shape)
 
 
+# exercise: 3.2 Patchify
 def patch_embed_backward(dout, cache, need_dx=True):
     """dout (N, T, D) -> dx (N, C, H, W) (None if not need_dx), dw (C*p*p, D), db (D,)."""
     c_lin, p, (N, C, H, W) = cache
@@ -57,6 +58,7 @@ def unpatchify_forward(tokens, p, C_out, H, W):
     return x.reshape(N, C_out, H, W), (p, C_out, Gh, Gw)
 
 
+# exercise: 3.2 Transformer decoder
 def unpatchify_backward(dout, cache):
     """dout (N, C_out, H, W) -> dtokens (N, T, p*p*C_out)."""
     p, C_out, Gh, Gw = cache

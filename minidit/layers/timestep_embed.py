@@ -8,6 +8,7 @@ from .activations import silu_forward, silu_backward
 from .linear import linear_forward, linear_backward
 
 
+# exercise: 3.2 DiT block design
 def timestep_features(t, dim=256, max_period=10000):
     """t (N,) -> (N, dim) float32 features [cos(t f), sin(t f)], f_k = exp(-ln(max_period) k / half).
 
