@@ -106,6 +106,7 @@ def save_checkpoint(path, meta, **groups):
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)  # atomic on POSIX and Windows
     except BaseException:
         if os.path.exists(tmp):
@@ -126,7 +127,11 @@ def load_checkpoint(path):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):  # a plain .npy array, not an archive
+            raise ValueError(f"{path} is not a minidit checkpoint (a single array, not an .npz "
+                             "archive); train with `python -m minidit.train` to make one")
+        with z:
             if "meta" not in z.files:
                 raise ValueError(f"{path} is not a minidit checkpoint (no 'meta' entry). Official "
                                  "PyTorch DiT weights: read them into NumPy and use "

@@ -19,3 +19,6 @@ from .timestep_embed import (timestep_features, timestep_embedder_forward,
                              timestep_embedder_backward)
 from .label_embed import (label_embed_forward, label_embed_backward, drop_labels)
 from .loss import mse_forward, mse_backward
+from .conv2d import conv2d_forward, conv2d_backward, conv2d_output_size
+from .groupnorm import groupnorm_forward, groupnorm_backward
+from .upsample import upsample2x_forward, upsample2x_backward
