@@ -4,7 +4,9 @@ it sees a frozen eps_hat (stop-gradient), so the two terms never send gradient t
 """
 import math
 
-from .backend import get_array_module
+import numpy as np
+
+from .backend import get_array_module, to_numpy
 
 LN2 = math.log(2.0)
 _K = math.sqrt(2.0 / math.pi)  # of the tanh approximation of the normal CDF
@@ -29,15 +31,15 @@ def normal_kl_grad_logvar2(mean1, logvar1, mean2, logvar2):
 def approx_standard_normal_cdf(x):
     """Phi(x) ~ 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the approximation ADM uses."""
     xp = get_array_module(x)
-    return 0.5 * (1.0 + xp.tanh(_K * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + xp.tanh(_K * (x + 0.044715 * x * x * x)))
 
 
 def approx_standard_normal_cdf_grad(x):
     """d approx_standard_normal_cdf / dx."""
     xp = get_array_module(x)
-    th = xp.tanh(_K * (x + 0.044715 * x ** 3))
+    th = xp.tanh(_K * (x + 0.044715 * x * x * x))
     # cdf = 0.5 (1 + tanh(k (x + 0.044715 x^3)))
-    return 0.5 * (1.0 - th ** 2) * _K * (1.0 + 3 * 0.044715 * x ** 2)
+    return 0.5 * (1.0 - th * th) * _K * (1.0 + 3 * 0.044715 * x * x)
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
@@ -128,18 +130,21 @@ def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
     out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=False)
     mean, log_var = out["mean"], out["log_variance"]
     true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x_start, x_t, t)
-    kl = normal_kl(true_mean, true_log_var, mean, log_var)
-    nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 * log_var)
-    is_t0 = xp.asarray(t == 0).reshape((-1,) + (1,) * (x_start.ndim - 1))
-    vb = xp.where(is_t0, nll, kl).mean(axis=axes) / LN2
-
-    # vb = mean_{CHW} where(t == 0, nll, kl) / ln 2
-    d_elem = dloss / (M * LN2)
+    # Per element: the KL for t > 0, the decoder NLL for t = 0. The NLL is computed only on the
+    # rows at t = 0 (about one sample in a thousand), not on the whole batch.
+    elem = normal_kl(true_mean, true_log_var, mean, log_var)
     # kl = normal_kl(true_mean, true_log_var, mean, log_var)
-    d_log_var_kl = normal_kl_grad_logvar2(true_mean, true_log_var, mean, log_var)
-    # nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 log_var)
-    d_log_var_nll = -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(x_start, mean, 0.5 * log_var)
-    d_log_var = d_elem * xp.where(is_t0, d_log_var_nll, d_log_var_kl)
+    d_log_var = normal_kl_grad_logvar2(true_mean, true_log_var, mean, log_var)
+    rows = np.flatnonzero(to_numpy(t) == 0)
+    if rows.size:
+        r = xp.asarray(rows)
+        x0, mu, half_lv = x_start[r], mean[r], 0.5 * log_var[r]
+        elem[r] = -discretized_gaussian_log_likelihood(x0, mu, half_lv)
+        # nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 log_var)
+        d_log_var[r] = -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(x0, mu, half_lv)
+    vb = elem.mean(axis=axes) / LN2
+    # vb = mean_{CHW} where(t == 0, nll, kl) / ln 2
+    d_log_var *= dloss / (M * LN2)
     # log_var = frac max_log + (1 - frac) min_log, frac = (v + 1) / 2
     min_log, max_log = diffusion.log_variance_range(t, x_t)
     d_v = d_log_var * 0.5 * (max_log - min_log)

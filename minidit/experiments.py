@@ -134,14 +134,12 @@ EXPERIMENTS = {"block-designs": run_block_designs, "scaling": run_scaling,
 
 def plot(name, result, out):
     """The figures of each experiment, as PNGs with labelled axes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from .viz import figure
     paths = []
     runs = result["runs"]
     if name in ("block-designs", "scaling"):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig = figure(figsize=(10, 3.8))
+        axes = fig.subplots(1, 2)
         for label, r in runs.items():
             h = r["history"]
             axes[0].plot([e["step"] for e in h], [e[FD_NAME] for e in h], marker="o", label=label)
@@ -153,9 +151,9 @@ def plot(name, result, out):
         fig.tight_layout()
         paths.append(out / f"{name}_over_training.png")
         fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
     if name == "scaling":
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig = figure(figsize=(10, 3.8))
+        axes = fig.subplots(1, 2)
         for label, r in runs.items():
             last = r["history"][-1]
             axes[0].scatter(r["gflops"], last[FD_NAME], label=label)
@@ -170,9 +168,9 @@ def plot(name, result, out):
         fig.tight_layout()
         paths.append(out / "scaling_vs_compute.png")
         fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
     if name == "sampling-compute":
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        fig = figure(figsize=(5.5, 3.8))
+        ax = fig.subplots()
         for label, r in runs.items():
             c = r["curve"]
             ax.plot([e["sampling_compute_gflops"] for e in c], [e[FD_NAME] for e in c], marker="o", label=label)
@@ -184,7 +182,6 @@ def plot(name, result, out):
         fig.tight_layout()
         paths.append(out / "sampling_compute.png")
         fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
     return paths
 
 

@@ -5,6 +5,16 @@ from pathlib import Path
 import numpy as np
 
 
+def figure(figsize):
+    """A figure drawn straight to a PNG canvas: no pyplot state, so the commands never change
+    the plotting backend of a notebook that calls them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def to_uint8(x):
     """Model-space images (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), as DiT's sample_ddp.py:
     clamp(127.5 x + 128, 0, 255)."""
@@ -15,16 +25,12 @@ def to_uint8(x):
 
 def save_grid(images, labels, class_names, path, ncol=None, title=None):
     """Write a PNG grid of uint8 images (N, H, W, C), one row per class present, labelled."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     images, labels = np.asarray(images), np.asarray(labels)
     classes = list(dict.fromkeys(labels.tolist()))  # in order of first appearance
     per_class = [np.flatnonzero(labels == c) for c in classes]
     ncol = ncol or max(len(p) for p in per_class)
-    fig, axes = plt.subplots(len(classes), ncol, figsize=(1.1 * ncol + 1.6, 1.1 * len(classes) + 0.4),
-                             squeeze=False)
+    fig = figure(figsize=(1.1 * ncol + 1.6, 1.1 * len(classes) + 0.4))
+    axes = fig.subplots(len(classes), ncol, squeeze=False)
     for r, (c, idx) in enumerate(zip(classes, per_class)):
         for j in range(ncol):
             ax = axes[r, j]
@@ -42,7 +48,6 @@ def save_grid(images, labels, class_names, path, ncol=None, title=None):
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -58,15 +63,12 @@ def read_log(log_path):
 
 def plot_loss_curve(log_path, png_path, title="training loss"):
     """Plot loss, mse and vb from a training JSONL log (one record per logged step)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in read_log(log_path) if "loss" in r]
     if not rows:
         return None
     steps = np.array([r["step"] for r in rows])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for key in ("loss", "mse", "vb"):
         if key in rows[0]:
             ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
@@ -78,5 +80,4 @@ def plot_loss_curve(log_path, png_path, title="training loss"):
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
     return png_path
