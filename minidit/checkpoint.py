@@ -150,3 +150,14 @@ def load_checkpoint(path):
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a minidit checkpoint (format {meta.get('format')!r})")
     return meta, groups
+
+
+def slim_checkpoint(src, dst, dtype=np.float16):
+    """Copy a training checkpoint without its optimiser and data-stream state, with the model
+    and EMA weights stored in `dtype` (float16 halves the file): a small file to share or ship.
+    Loading it (minidit.sample.load_model) casts the weights back to float32."""
+    meta, groups = load_checkpoint(src)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version", "rng", "loader", "opt_step")}
+    meta["slim"] = {"from": str(src), "dtype": np.dtype(dtype).name}
+    keep = {g: {k: v.astype(dtype) for k, v in groups[g].items()} for g in ("model", "ema") if g in groups}
+    return save_checkpoint(dst, meta, **keep)

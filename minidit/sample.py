@@ -70,6 +70,7 @@ def load_model(path, use_ema=True, device=None):
                          "checkpoint? pass it with --vae)")
     cfg = DiTConfig.from_dict(meta["config"])
     weights = groups["ema"] if use_ema and "ema" in groups else groups["model"]
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}  # slim files store float16
     return to_device(weights, device), cfg, meta
 
 
