@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import CommandParser
 from .backend import resolve_device, to_device, to_numpy
 from .classifier import (ClassifierConfig, features, images_to_input, load_classifier,
                          save_classifier, train_classifier)
@@ -154,9 +155,6 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
                           f"trained on {meta['dataset']} ({meta.get('command') or 'train_classifier'})")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and status 2, instead of argparse's usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _positive(s):
@@ -167,7 +165,7 @@ def _positive(s):
 
 
 def _build_parser():
-    p = _Parser(prog="python -m minidit.evaluate",
+    p = CommandParser(prog="python -m minidit.evaluate",
                 description="Train the evaluation classifier, or score a sample file with it.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train-classifier", help="train and save the evaluation classifier")

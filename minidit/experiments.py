@@ -22,7 +22,7 @@ from .evaluate import DEFAULT_CLASSIFIER, FD_NAME, evaluate_samples
 from .classifier import load_classifier
 from .flops import gflops, sampling_compute
 from .model import DiT_models, init_params
-from .optim import AdamW, ema_update, init_ema
+from .optim import AdamW, init_ema
 from .sample import generate
 from .train import train_step
 

@@ -228,7 +228,7 @@ def dit_forward(params, x, t, y, cfg):
     P = params
     xp = get_array_module(x)
     _check_inputs(x, t, y, cfg)
-    D, nh = cfg.hidden_size, cfg.num_heads
+    nh = cfg.num_heads
     h, c_x = patch_embed_forward(x, P["x_embedder.proj.w"], P["x_embedder.proj.b"], cfg.patch_size)
     h = h + pos_embed(cfg, xp, x.dtype)  # (N, T, D), fixed table, no gradient
     t_emb, c_t = timestep_embedder_forward(t, P["t_embedder.mlp.0.w"], P["t_embedder.mlp.0.b"],

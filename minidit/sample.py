@@ -4,12 +4,12 @@ the ADM evaluation suite (uint8 NHWC images under arr_0, labels under arr_1).
 
     python -m minidit.sample --ckpt runs/tiny --per-class 8 --cfg-scale 4 --out samples.png
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .cli import CommandParser
 from .backend import Generator, set_device, to_device, to_numpy
 from .checkpoint import load_checkpoint
 from .diffusion import create_diffusion
@@ -74,13 +74,10 @@ def load_model(path, use_ema=True, device=None):
     return to_device(weights, device), cfg, meta
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line and status 2, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
-    ap = _Parser(prog="python -m minidit.sample", description="Sample images from a minidit checkpoint.")
+    ap = CommandParser(prog="python -m minidit.sample", description="Sample images from a minidit checkpoint.")
     ap.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
     ap.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
     ap.add_argument("--per-class", type=int, default=8, help="samples per class (default 8)")

@@ -3,7 +3,6 @@ the weights, on the built-in data by default, with checkpoints that resume bit f
 
     python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny
 """
-import argparse
 import json
 import math
 import shutil
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Generator, set_device, synchronize, to_numpy
+from .cli import CommandParser
+from .backend import Generator, device_of, set_device, synchronize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataLoader, load_dataset
 from .diffusion import create_diffusion
@@ -31,8 +31,8 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay):
     backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
     The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run."""
     N = x.shape[0]
-    t = rng.integers(0, diffusion.num_timesteps, (N,), device=_dev(x))
-    noise = rng.normal(x.shape, dtype=x.dtype, device=_dev(x))
+    t = rng.integers(0, diffusion.num_timesteps, (N,), device=device_of(x))
+    noise = rng.normal(x.shape, dtype=x.dtype, device=device_of(x))
     y = apply_label_dropout(y, cfg, rng)
     x_t = diffusion.q_sample(x, t, noise)
     out, cache = dit_forward(params, x_t, t, y, cfg)
@@ -47,18 +47,10 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay):
     return dict(stats, grad_norm=gnorm, finite=True)
 
 
-def _dev(x):
-    from .backend import device_of
-    return device_of(x)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line and status 2, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
-    ap = _Parser(prog="python -m minidit.train", description="Train a class-conditional DiT.")
+    ap = CommandParser(prog="python -m minidit.train", description="Train a class-conditional DiT.")
     ap.add_argument("--model", default="minidit-Tiny/4", help=f"config name ({', '.join(DiT_models)})")
     ap.add_argument("--depth", type=int, default=None, help="override the config's depth")
     ap.add_argument("--hidden-size", type=int, default=None, help="override the config's hidden size")

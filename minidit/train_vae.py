@@ -5,7 +5,6 @@ held-out reconstruction PSNR, a picture of reconstructions and the VAE file DiT 
 
     python -m minidit.train_vae --downsample 4 --out runs/vae_shapes32
 """
-import argparse
 import json
 import math
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import CommandParser
 from .autoencoder import (CH_MULT, VAEConfig, VAEEncoder, init_params, psnr, vae_backward, vae_config,
                           vae_forward)
 from .backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
@@ -71,13 +71,10 @@ def to_model_space(ds, n, device):
     return to_device(np.ascontiguousarray(x), device)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line and status 2, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
-    ap = _Parser(prog="python -m minidit.train_vae", description="Train a miniature SD-style VAE.")
+    ap = CommandParser(prog="python -m minidit.train_vae", description="Train a miniature SD-style VAE.")
     ap.add_argument("--data", default="shapes", help="'shapes' (built in, default), 'mnist' or an image folder")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--num-images", type=int, default=None, help="training images (shapes default 10,000)")

@@ -1,6 +1,5 @@
 """Parameter counts equal the official ones exactly (PAPER.md 2.3); Gflops are within 0.03 of the
 paper's Table 4 for the twelve models and the four block designs of DiT-XL/2."""
-import numpy as np
 import pytest
 
 from minidit import flops
