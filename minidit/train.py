@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import CommandParser
+from .cli import CommandParser, TrainingDiverged, check_run_dir, checkpoints_of, run_command
 from .backend import Generator, device_of, set_device, synchronize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataLoader, load_dataset
@@ -21,9 +21,6 @@ from .model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit
 from .optim import AdamW, ema_update, init_ema
 from .viz import plot_loss_curve, save_grid, to_uint8
 
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay):
@@ -101,20 +98,11 @@ def _validate(ap, a):
         ap.error(f"--cfg-scale must be >= 1, got {a.cfg_scale}")
 
 
-def checkpoints_of(out):
-    return sorted((Path(out) / "checkpoints").glob("step_*.npz"))
-
-
 def run(args, log=print):
     """Train as the parsed arguments say; returns a summary dict. Raises TrainingDiverged."""
     out = Path(args.out)
     device = set_device(args.device)
-    existing = checkpoints_of(out)
-    if existing and not args.resume and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a run ({existing[-1].name}); pass --resume to "
-                              "continue it or --overwrite to start over")
-    if args.resume and not existing:
-        raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
+    existing = check_run_dir(out, args.resume, args.overwrite)
     if args.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,17 +210,7 @@ def run(args, log=print):
 
 
 def main(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    _validate(ap, args)
-    try:
-        run(args)
-    except TrainingDiverged as e:
-        print(f"{ap.prog}: training stopped: {e}", file=sys.stderr)
-        return 1
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        ap.error(str(e))
-    return 0
+    return run_command(build_parser(), _validate, run, argv)
 
 
 if __name__ == "__main__":

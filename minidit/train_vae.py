@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import CommandParser
+from .cli import CommandParser, TrainingDiverged, check_run_dir, checkpoints_of, run_command
 from .autoencoder import (CH_MULT, VAEConfig, VAEEncoder, init_params, psnr, vae_backward, vae_config,
                           vae_forward)
 from .backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
@@ -23,9 +23,6 @@ from .data import DataLoader, load_dataset
 from .optim import AdamW
 from .viz import save_grid, to_uint8
 
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 def train_step(params, opt, cfg, x, rng, kl_weight):
@@ -137,20 +134,11 @@ def make_config(args, channels):
     return cfg
 
 
-def checkpoints_of(out):
-    return sorted((Path(out) / "checkpoints").glob("step_*.npz"))
-
-
 def run(args, log=print):
     """Train as the parsed arguments say; returns a summary dict. Raises TrainingDiverged."""
     out = Path(args.out)
     device = set_device(args.device)
-    existing = checkpoints_of(out)
-    if existing and not args.resume and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a run ({existing[-1].name}); pass --resume to "
-                              "continue it or --overwrite to start over")
-    if args.resume and not existing:
-        raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
+    existing = check_run_dir(out, args.resume, args.overwrite)
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     cfg = make_config(args, data.channels)
     if args.overwrite and out.exists():
@@ -252,17 +240,7 @@ def run(args, log=print):
 
 
 def main(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    _validate(ap, args)
-    try:
-        run(args)
-    except TrainingDiverged as e:
-        print(f"{ap.prog}: training stopped: {e}", file=sys.stderr)
-        return 1
-    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        ap.error(str(e))
-    return 0
+    return run_command(build_parser(), _validate, run, argv)
 
 
 if __name__ == "__main__":
