@@ -223,8 +223,12 @@ def _check_inputs(x, t, y, cfg):
         raise ValueError(f"dit_forward: t {tuple(t.shape)} and y {tuple(y.shape)} must both be ({N},)")
 
 
-def dit_forward(params, x, t, y, cfg):
-    """x (N, C, I, I), t (N,) timesteps, y (N,) labels in [0, K] -> out (N, C_out, I, I), cache."""
+def dit_forward(params, x, t, y, cfg, keep_cache=True):
+    """x (N, C, I, I), t (N,) timesteps, y (N,) labels in [0, K] -> out (N, C_out, I, I), cache.
+
+    keep_cache=False (forward only, as in sampling) lets each block's activations go as soon as
+    the next block has run, instead of holding every block's until a backward; cache is None.
+    """
     P = params
     xp = get_array_module(x)
     _check_inputs(x, t, y, cfg)
@@ -245,11 +249,14 @@ def dit_forward(params, x, t, y, cfg):
     c_blocks = []
     for i in range(cfg.depth):  # the only Python loop of the model: over blocks
         h, cb = block_forward(cfg.block, P, f"blocks.{i}.", h, cond, nh)
-        c_blocks.append(cb)
+        if keep_cache:
+            c_blocks.append(cb)
     if cfg.block == "in-context":
         h = h[:, :-2]  # drop the two conditioning tokens
     tok, c_final = final_layer_forward(P, h, c, cfg.adaptive_final)
     out, c_un = unpatchify_forward(tok, cfg.patch_size, cfg.out_channels, cfg.input_size, cfg.input_size)
+    if not keep_cache:
+        return out, None
     return out, dict(cfg=cfg, c_x=c_x, c_t=c_t, c_y=c_y, c_blocks=c_blocks, c_final=c_final, c_un=c_un)
 
 
@@ -299,7 +306,7 @@ def dit_backward(dout, cache, need_dx=True):
 
 def dit_apply(params, x, t, y, cfg):
     """Forward only, without keeping a cache for the backward (sampling)."""
-    return dit_forward(params, x, t, y, cfg)[0]
+    return dit_forward(params, x, t, y, cfg, keep_cache=False)[0]
 
 
 def forward_with_cfg(params, x, t, y, cfg_scale, cfg, guidance="all"):

@@ -164,3 +164,12 @@ def test_guidance(xp):
     np.testing.assert_allclose(to_numpy(make_model_fn(P, cfg, y, s)(x, t)), allg[:2], rtol=1e-12)
     with pytest.raises(ValueError, match=">= 1"):
         make_model_fn(P, cfg, y, 0.5)
+
+
+def test_forward_without_cache_gives_the_same_output(xp):
+    cfg = tiny()
+    P = randomised_params(xp, cfg)
+    x, t, y = _inputs(xp, cfg)
+    out, cache = dit_forward(P, x, t, y, cfg, keep_cache=False)
+    assert cache is None
+    np.testing.assert_array_equal(to_numpy(out), to_numpy(dit_forward(P, x, t, y, cfg)[0]))
