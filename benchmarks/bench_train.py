@@ -39,14 +39,16 @@ def parse_runs(text):
     return runs
 
 
-def build(name, batch, device, framework, train=True, seed=0):
+def build(name, batch, device, framework, train=True, seed=0, workers=1):
     """(train_step_fn or None, forward_fn, cfg) for one framework, from init_params(seed).
 
-    train=False builds only what a forward needs (no EMA, no optimiser)."""
-    from minidit.backend import Generator
+    train=False builds only what a forward needs (no EMA, no optimiser). workers > 1 runs
+    minidit data-parallel on that many threads, one BLAS thread each (minidit/parallel.py)."""
+    from minidit.backend import Generator, get_array_module
     from minidit.diffusion import create_diffusion
     from minidit.model import dit_apply, get_config, init_params
     from minidit.optim import AdamW, init_ema
+    from minidit.parallel import DataParallel
     from minidit.train import train_step
     cfg = get_config(name, input_size=32)
     params = init_params(cfg, seed=seed, device=device)
@@ -58,8 +60,17 @@ def build(name, batch, device, framework, train=True, seed=0):
         step = None
         if train:
             ema, opt, diffusion = init_ema(params), AdamW(params, lr=1e-4, weight_decay=0.0), create_diffusion("")
-            step = lambda: train_step(params, ema, opt, cfg, diffusion, x, y, rng, 0.9999)  # noqa: E731
-        return step, lambda: dit_apply(params, x, t, y, cfg), cfg
+
+            def train_fn():
+                with DataParallel(workers) as parallel:
+                    return train_step(params, ema, opt, cfg, diffusion, x, y, rng, 0.9999, parallel)
+            step = train_fn
+
+        def forward():
+            with DataParallel(workers) as parallel:
+                parts = parallel.map(lambda s: dit_apply(params, x[s], t[s], y[s], cfg), batch)
+            return parts[0] if len(parts) == 1 else get_array_module(parts[0]).concatenate(parts)
+        return step, forward, cfg
     import torch
     import torch_dit
     from minidit.backend import to_numpy
@@ -69,7 +80,7 @@ def build(name, batch, device, framework, train=True, seed=0):
     model.load_state_dict(torch_dit.state_dict_from_numpy(to_official(params, cfg)), strict=True)
     model.train()
     xt, yt, tt = (torch.from_numpy(to_numpy(a)).to(dev) for a in (x, y, t))
-    del params
+    params = None  # torch holds its own copy now
     step = None
     if train:
         ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -138,17 +149,17 @@ def _release_free_memory():
         pass
 
 
-def memory_worker(framework, label, name, batch, threads, steps):
+def memory_worker(framework, label, name, batch, threads, steps, workers=1):
     """Run in a fresh subprocess: resident memory of one framework's training step or forward."""
     set_threads(threads)
     # the baseline: libraries imported and warmed (lazily loaded kernels and thread pools
     # touched) by one call on a batch of one, whose arrays are then freed
-    step, forward, _ = build(name, 1, "cpu", framework, train=(label == "train"))
+    step, forward, _ = build(name, 1, "cpu", framework, train=(label == "train"), workers=workers)
     (step if label == "train" else forward)()
     del step, forward
     _release_free_memory()
     libs = _proc_status()["VmRSS"]
-    step, forward, _ = build(name, batch, "cpu", framework, train=(label == "train"))
+    step, forward, _ = build(name, batch, "cpu", framework, train=(label == "train"), workers=workers)
     fn = step if label == "train" else forward
     fn()  # the first call allocates torch's AdamW moments and gradients and warms caches
     _release_free_memory()
@@ -170,10 +181,11 @@ def memory_worker(framework, label, name, batch, threads, steps):
     print(json.dumps(res))
 
 
-def memory_cpu(framework, label, name, batch, threads, steps):
+def memory_cpu(framework, label, name, batch, threads, steps, workers=1):
     if not os.path.exists("/proc/self/clear_refs"):
         return {"error": "needs Linux /proc to reset the peak resident set"}
-    cmd = [sys.executable, __file__, "--_worker", json.dumps([framework, label, name, batch, threads, steps])]
+    cmd = [sys.executable, __file__, "--_worker",
+           json.dumps([framework, label, name, batch, threads, steps, workers])]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
@@ -253,6 +265,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for NumPy's BLAS and torch (default: NumPy's current BLAS threads)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--workers", type=int, default=0,
+                    help="minidit data-parallel threads, one BLAS thread each (default: as many as "
+                         "torch's threads on the CPU, 1 on the GPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and a shorter matmul check")
     ap.add_argument("--json", default=None, help="write every figure to this file")
@@ -281,6 +296,7 @@ def main(argv=None):
     runs = parse_runs(args.configs) if args.configs else DEFAULT_RUNS
     set_threads(args.threads)
     threads = blas_threads()
+    workers = 1 if args.device == "gpu" else (args.workers or torch.get_num_threads())
     sync = synchronizer(args.device)
     mm_args = ((2048,) if args.quick else (2048, 4096), 3, "cpu") if args.device == "cpu" \
         else ((4096, 8192), 5, "gpu")
@@ -289,7 +305,8 @@ def main(argv=None):
     matmul = [measure_matmul(*mm_args)]
     print(f"device {args.device}; {matmul[0]['machine']}, {os.cpu_count()} CPUs; NumPy BLAS: "
           f"{threads[0]} with {threads[1]} threads; torch {torch.__version__} with "
-          f"{torch.get_num_threads()} intra-op threads; float32")
+          f"{torch.get_num_threads()} intra-op threads; minidit with {workers} data-parallel "
+          f"worker(s); float32")
     print(f"float32 matmul rate: {matmul[0]['gflops']:.1f} GFLOP/s; {warmup} warm-up round(s), "
           f"median of {repeats} interleaved runs")
     from minidit.flops import forward_macs
@@ -297,7 +314,7 @@ def main(argv=None):
     for name, batch in runs:
         fns = {}
         for fw in ("minidit", "torch"):
-            step, fwd, cfg = build(name, batch, args.device, fw)
+            step, fwd, cfg = build(name, batch, args.device, fw, workers=workers if fw == "minidit" else 1)
             fns[(fw, "train")], fns[(fw, "forward")] = step, fwd
         med, samples = time_interleaved(fns, warmup, repeats, sync)
         row = {"config": name, "batch": batch, "input_size": cfg.input_size,
@@ -311,7 +328,8 @@ def main(argv=None):
         if not args.no_memory:
             if args.device == "cpu":
                 row["memory"] = {fw: {label: memory_cpu(fw, label, name, batch, args.threads or threads[1],
-                                                        mem_steps) for label in ("train", "forward")}
+                                                        mem_steps, workers if fw == "minidit" else 1)
+                                      for label in ("train", "forward")}
                                  for fw in ("minidit", "torch")}
             else:
                 row["memory"] = memory_gpu(fns, mem_steps)

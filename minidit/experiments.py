@@ -23,6 +23,7 @@ from .classifier import load_classifier
 from .flops import gflops, sampling_compute
 from .model import DiT_models, init_params
 from .optim import AdamW, init_ema
+from .parallel import DataParallel, resolve_workers
 from .sample import generate
 from .train import train_step
 
@@ -59,18 +60,19 @@ def train_and_track(cfg, data, classifier, real, budget, seed=0, log=print, name
     loader = DataLoader(data, budget["batch"], rng)
     eval_at = set(np.linspace(0, budget["steps"], budget["evals"] + 1).astype(int)[1:].tolist())
     history, losses, t0 = [], [], time.perf_counter()
-    for step in range(1, budget["steps"] + 1):
-        x, y = next(loader)
-        s = train_step(params, ema, opt, cfg, diffusion, x, y, rng, budget["ema"])
-        losses.append(s["loss"])
-        if step in eval_at:
-            q = quality(ema, cfg, classifier, real, budget)
-            rec = {"step": step, "loss": float(np.mean(losses[-50:])), **q,
-                   "train_compute_gflops": gflops(cfg) * budget["batch"] * step * 3,
-                   "seconds": time.perf_counter() - t0}
-            history.append(rec)
-            log(f"  {name} step {step}: loss {rec['loss']:.4f}, class acc {100 * q['class_accuracy']:.1f}%, "
-                f"FD {q[FD_NAME]:.2f}")
+    with DataParallel(resolve_workers(0, budget["batch"])) as parallel:  # threads share each batch
+        for step in range(1, budget["steps"] + 1):
+            x, y = next(loader)
+            s = train_step(params, ema, opt, cfg, diffusion, x, y, rng, budget["ema"], parallel)
+            losses.append(s["loss"])
+            if step in eval_at:
+                q = quality(ema, cfg, classifier, real, budget)
+                rec = {"step": step, "loss": float(np.mean(losses[-50:])), **q,
+                       "train_compute_gflops": gflops(cfg) * budget["batch"] * step * 3,
+                       "seconds": time.perf_counter() - t0}
+                history.append(rec)
+                log(f"  {name} step {step}: loss {rec['loss']:.4f}, class acc {100 * q['class_accuracy']:.1f}%, "
+                    f"FD {q[FD_NAME]:.2f}")
     return ema, history
 
 

@@ -10,20 +10,23 @@ from pathlib import Path
 import numpy as np
 
 from .cli import CommandParser
-from .backend import Generator, set_device, to_device, to_numpy
+from .backend import Generator, device_of, get_array_module, set_device, to_device, to_numpy
 from .checkpoint import load_checkpoint
 from .diffusion import create_diffusion
 from .model import DiTConfig, make_model_fn
+from .parallel import DataParallel, resolve_workers
 from .viz import save_grid, to_uint8
 
 
 def generate(params, cfg, labels, num_steps=250, sampler="ddpm", cfg_scale=4.0, seed=0,
-             device=None, guidance="all", eta=0.0, progress=False, decode=None):
+             device=None, guidance="all", eta=0.0, progress=False, decode=None, workers=0):
     """Sample one image per label. Returns model-space images (N, C, H, W) float32 on the host
     (decoded to pixels by `decode` when the model works on autoencoder latents).
 
     sampler "ddpm" respaces to `num_steps` ("250" as the paper) and "ddim" uses "ddim<num_steps>".
     All noise comes from Generator(seed), so a seed reproduces the samples on CPU and GPU.
+    workers: CPU threads that each run the model on a slice of the batch (0: one per CPU, see
+    minidit.parallel); the images do not depend on it beyond float32 rounding.
     """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}: choose 'ddpm' or 'ddim'")
@@ -37,12 +40,17 @@ def generate(params, cfg, labels, num_steps=250, sampler="ddpm", cfg_scale=4.0, 
     diffusion = create_diffusion(respacing, learn_sigma=cfg.learn_sigma)
     rng = Generator(seed, device=device)
     y = to_device(labels, device)
-    model_fn = make_model_fn(params, cfg, y, cfg_scale, guidance)
     shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
-    if sampler == "ddpm":
-        x = diffusion.p_sample_loop(model_fn, shape, rng=rng, progress=progress, device=device)
-    else:
-        x = diffusion.ddim_sample_loop(model_fn, shape, rng=rng, eta=eta, progress=progress, device=device)
+    with DataParallel(resolve_workers(workers, max(len(labels), 1), device_of(y))) as parallel:
+        def model_fn(x, t):  # each worker runs the (guided) model on its slice of the batch
+            parts = parallel.map(lambda s: make_model_fn(params, cfg, y[s], cfg_scale, guidance)(x[s], t[s]),
+                                 x.shape[0])
+            return parts[0] if len(parts) == 1 else get_array_module(x).concatenate(parts)
+
+        if sampler == "ddpm":
+            x = diffusion.p_sample_loop(model_fn, shape, rng=rng, progress=progress, device=device)
+        else:
+            x = diffusion.ddim_sample_loop(model_fn, shape, rng=rng, eta=eta, progress=progress, device=device)
     if decode is not None:
         x = decode(x)
     return np.asarray(to_numpy(x), dtype=np.float32)
@@ -94,6 +102,8 @@ def build_parser():
     ap.add_argument("--npz", default=None, help="also write an ADM-format .npz (arr_0 images, arr_1 labels)")
     ap.add_argument("--vae", default=None, help="VAE checkpoint for a latent model (default: the one "
                                                 "recorded in the DiT checkpoint)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="CPU threads sharing the batch (0: one per CPU, at most 8)")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -122,6 +132,8 @@ def main(argv=None):
         ap.error(f"--per-class must be positive, got {args.per_class}")
     if args.steps < 1:
         ap.error(f"--steps must be positive, got {args.steps}")
+    if args.workers < 0:
+        ap.error(f"--workers must be >= 0 (0 = one per CPU), got {args.workers}")
     try:
         device = set_device(args.device)
         params, cfg, meta = load_model(args.ckpt, use_ema=not args.raw, device=device)
@@ -133,7 +145,8 @@ def main(argv=None):
             decode = load_vae_decoder(vae_path, device=device, latent_scale=meta.get("latent_scale"))
         labels = np.repeat(np.asarray(classes), args.per_class)
         x = generate(params, cfg, labels, args.steps, args.sampler, args.cfg_scale, args.seed, device,
-                     args.guidance, args.eta, progress=not args.no_progress, decode=decode)
+                     args.guidance, args.eta, progress=not args.no_progress, decode=decode,
+                     workers=args.workers)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         ap.error(str(e))
     images = to_uint8(x)

@@ -13,30 +13,45 @@ from pathlib import Path
 import numpy as np
 
 from .cli import CommandParser, TrainingDiverged, check_run_dir, checkpoints_of, run_command
-from .backend import Generator, device_of, set_device, synchronize
+from .backend import Generator, device_of, get_array_module, set_device, synchronize
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataLoader, load_dataset
 from .diffusion import create_diffusion
 from .model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from .optim import AdamW, ema_update, init_ema
+from .parallel import DataParallel, resolve_workers
 from .viz import plot_loss_curve, save_grid, to_uint8
 
 
 
-def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay):
+def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=None):
     """One step of DiT's train.py: t ~ U{0..T-1}, noise, label dropout, forward, hybrid loss,
     backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
-    The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run."""
+    The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run.
+
+    parallel: a minidit.parallel.DataParallel (entered) to split the batch over worker threads,
+    as DDP splits it over GPUs; each shard's loss is weighted 1/N, so the summed gradients are
+    those of the whole batch's mean loss. None runs the batch in one piece."""
     N = x.shape[0]
     t = rng.integers(0, diffusion.num_timesteps, (N,), device=device_of(x))
     noise = rng.normal(x.shape, dtype=x.dtype, device=device_of(x))
     y = apply_label_dropout(y, cfg, rng)
-    x_t = diffusion.q_sample(x, t, noise)
-    out, cache = dit_forward(params, x_t, t, y, cfg)
-    terms = diffusion.training_losses(out, x, x_t, t, noise)
-    grads, _ = dit_backward(terms["grad"], cache, need_dx=False)
+    dloss = get_array_module(x).full((N,), 1.0 / N, dtype=x.dtype)  # d(batch mean) / d(loss_n)
+
+    def forward_backward(s):
+        x_t = diffusion.q_sample(x[s], t[s], noise[s])
+        out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
+        terms = diffusion.training_losses(out, x[s], x_t, t[s], noise[s], dloss=dloss[s])
+        grads, _ = dit_backward(terms.pop("grad"), cache, need_dx=False)
+        return terms, grads
+
+    shards = (parallel or _ONE_PIECE).map(forward_backward, N)
+    terms, grads = shards[0]
+    for _, more in shards[1:]:  # the all-reduce: a fixed order keeps runs deterministic
+        for k in grads:
+            grads[k] += more[k]
     gnorm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
-    stats = {k: float(terms[k].mean()) for k in ("loss", "mse", "vb") if k in terms}
+    stats = {k: float(sum(float(p[k].sum()) for p, _ in shards) / N) for k in ("loss", "mse", "vb") if k in terms}
     if not all(math.isfinite(v) for v in stats.values()) or not math.isfinite(gnorm):
         return dict(stats, grad_norm=gnorm, finite=False)
     opt.step(params, grads)
@@ -44,6 +59,7 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay):
     return dict(stats, grad_norm=gnorm, finite=True)
 
 
+_ONE_PIECE = DataParallel(1)
 
 
 def build_parser():
@@ -66,6 +82,8 @@ def build_parser():
     ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="data-parallel threads on the CPU (0: one per CPU, at most 8; 1: none)")
     ap.add_argument("--out", default="runs/default", help="output directory")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     ap.add_argument("--overwrite", action="store_true", help="delete an existing run in --out and start over")
@@ -94,6 +112,8 @@ def _validate(ap, a):
         ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
     if a.resume and a.overwrite:
         ap.error("--resume and --overwrite contradict each other")
+    if a.workers < 0:
+        ap.error(f"--workers must be >= 0 (0 = one per CPU), got {a.workers}")
     if a.cfg_scale < 1:
         ap.error(f"--cfg-scale must be >= 1, got {a.cfg_scale}")
 
@@ -127,8 +147,15 @@ def run(args, log=print):
     opt = AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
     step = 0
+    workers = resolve_workers(args.workers, args.batch_size, device)
     if args.resume:
         meta, groups = load_checkpoint(existing[-1])
+        saved = meta.get("workers", workers)
+        if args.workers == 0:
+            workers = saved  # the count decides how float32 gradients are summed: keep it
+        elif saved != workers:
+            log(f"note: the run used {saved} workers and now {workers}; it will not match an "
+                f"uninterrupted run to the bit (sums round differently)")
         if DiTConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
                              f"arguments' {cfg.to_dict()}")
@@ -145,7 +172,7 @@ def run(args, log=print):
         meta = dict(step=step, config=cfg.to_dict(), model_name=args.model, rng=rng.get_state(),
                     opt_step=opt.step_count, loader={k: v for k, v in loader.state_dict().items() if k != "order"},
                     class_names=data.class_names, dataset=str(args.data), image_size=args.image_size,
-                    args=vars(args), vae=args.vae, latent_scale=getattr(encoder, "scale", None))
+                    args=vars(args), workers=workers, vae=args.vae, latent_scale=getattr(encoder, "scale", None))
         order = loader.state_dict()["order"]
         path = save_checkpoint(out / "checkpoints" / f"step_{step:07d}.npz", meta, model=params, ema=ema,
                                opt_m=opt.m, opt_v=opt.v, **({"loader": {"order": order}} if order is not None else {}))
@@ -169,39 +196,41 @@ def run(args, log=print):
         log_path.unlink()
     n_params = sum(int(v.size) for v in params.values())
     log(f"{args.model} ({cfg.block}, {n_params:,} trainable params, input {cfg.input_size}x{cfg.input_size}"
-        f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}, {len(data)} training images")
+        f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}"
+        f"{f' with {workers} data-parallel workers' if workers > 1 else ''}, {len(data)} training images")
     from tqdm.auto import tqdm
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train", dynamic_ncols=True)
     acc, t_last, last_ckpt = [], time.perf_counter(), (existing[-1] if args.resume else None)
     start_step = step
-    while step < args.steps:
-        x, y = next(loader)
-        if encoder is not None:
-            x = encoder.sample_latents(x, rng)
-        stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay)
-        step += 1
-        if not stats["finite"]:
-            bar.close()
-            raise TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm "
-                                   f"{stats['grad_norm']}); the last good checkpoint is "
-                                   f"{last_ckpt or 'none (no checkpoint written yet)'}")
-        acc.append(stats)
-        bar.update(1)
-        if step % args.log_every == 0 or step == args.steps:
-            synchronize()
-            now = time.perf_counter()
-            rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
-                   "steps_per_sec": len(acc) / (now - t_last),
-                   "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
-            acc, t_last = [], now
-        if step % args.ckpt_every == 0 or step == args.steps:
-            last_ckpt = save(step)
-            plot_loss_curve(log_path, out / "loss.png", title=f"{args.model} on {args.data}")
-        if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
-            sample_grid(step)
+    with DataParallel(workers) as parallel:
+        while step < args.steps:
+            x, y = next(loader)
+            if encoder is not None:
+                x = encoder.sample_latents(x, rng)
+            stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
+            step += 1
+            if not stats["finite"]:
+                bar.close()
+                raise TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm "
+                                       f"{stats['grad_norm']}); the last good checkpoint is "
+                                       f"{last_ckpt or 'none (no checkpoint written yet)'}")
+            acc.append(stats)
+            bar.update(1)
+            if step % args.log_every == 0 or step == args.steps:
+                synchronize()
+                now = time.perf_counter()
+                rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
+                       "steps_per_sec": len(acc) / (now - t_last),
+                       "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
+                acc, t_last = [], now
+            if step % args.ckpt_every == 0 or step == args.steps:
+                last_ckpt = save(step)
+                plot_loss_curve(log_path, out / "loss.png", title=f"{args.model} on {args.data}")
+            if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+                sample_grid(step)
     bar.close()
     summary = {"out": str(out), "step": step, "steps_this_run": step - start_step,
                "checkpoint": str(last_ckpt) if last_ckpt else None}

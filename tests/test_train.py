@@ -35,9 +35,12 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     assert not np.array_equal(groups["ema"][k], groups["model"][k]) and np.any(groups["ema"][k])
 
 
-def test_resume_is_bit_for_bit(tmp_path):
-    train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "6", out="straight"), log=lambda *a: None)
-    train.run(_args(tmp_path, "--steps", "3", "--ckpt-every", "3", out="stopped"), log=lambda *a: None)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_resume_is_bit_for_bit(tmp_path, workers):
+    w = ["--workers", workers]
+    train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "6", *w, out="straight"), log=lambda *a: None)
+    train.run(_args(tmp_path, "--steps", "3", "--ckpt-every", "3", *w, out="stopped"), log=lambda *a: None)
+    # resume without --workers: the run keeps the count its checkpoint recorded
     train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "3", "--resume", out="stopped"), log=lambda *a: None)
     _, a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000006.npz")
     _, b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "step_0000006.npz")
@@ -101,6 +104,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     (["--resume"], "holds no checkpoint"),
     (["--hidden-size", "18"], "hidden_size=18"),
     (["--batch-size", "1000"], "batch_size 1000"),
+    (["--workers", "-1"], "--workers must be >= 0"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
