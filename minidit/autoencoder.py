@@ -201,6 +201,55 @@ class VAEEncoder:
         return decode_latents(self.params, self.cfg, z / self.scale)
 
 
+class EncodedDataset:
+    """The posterior of every training image, and of its mirror image, encoded once.
+
+    DiT's train.py encodes each batch again at every step. The encoder is frozen and a flip is
+    the only augmentation, so every image has just two possible inputs: encoding both once
+    leaves the same posteriors to sample from, and a training step then costs only the DiT.
+    sample(index, flip, rng) draws a fresh posterior sample per image, as sample_latents does,
+    with the same random draws. The table is built in fixed chunks, whatever the training
+    order, so a resumed run sees the same numbers.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, encoder, images, parallel=None, progress=False):
+        from tqdm.auto import tqdm
+        from .parallel import DataParallel
+        self.encoder = encoder
+        xp = get_array_module(encoder.params[next(iter(encoder.params))])
+        n = len(images)
+        chunks = [slice(a, min(a + self.CHUNK, n)) for a in range(0, n, self.CHUNK)]
+        parallel = parallel or DataParallel(1)
+        means, logvars = [], []
+        bar = tqdm(total=2 * n, disable=not progress, desc="encode", dynamic_ncols=True)
+
+        def encode(s, mirror):
+            u8 = images[s][:, :, ::-1] if mirror else images[s]          # (b, H, W, C) uint8
+            x = xp.asarray(np.ascontiguousarray(u8.transpose(0, 3, 1, 2)), dtype=np.float32)
+            moments = encode_moments(encoder.params, encoder.cfg, x / 127.5 - 1.0)
+            bar.update(s.stop - s.start)
+            return moments
+
+        for mirror in (False, True):
+            for m, lv in parallel.each(lambda s: encode(s, mirror), chunks):
+                means.append(m)
+                logvars.append(lv)
+        bar.close()
+        half = len(chunks)
+        self.mean = xp.stack([xp.concatenate(means[:half]), xp.concatenate(means[half:])], axis=1)
+        self.std = xp.exp(0.5 * xp.stack([xp.concatenate(logvars[:half]), xp.concatenate(logvars[half:])], axis=1))
+
+    def sample(self, index, flip, rng):
+        """Scaled posterior samples (B, z, h, w) of dataset rows `index`, mirrored where `flip`."""
+        xp = get_array_module(self.mean)
+        index, flip = xp.asarray(index), xp.asarray(np.asarray(flip, dtype=np.int64))
+        mean, std = self.mean[index, flip], self.std[index, flip]
+        eps = rng.normal(mean.shape, dtype=mean.dtype, device=device_of(mean))
+        return (mean + std * eps) * self.encoder.scale
+
+
 def load_vae(path, device=None, latent_scale=None):
     """(params, cfg, meta) of a VAE checkpoint written by `python -m minidit.train_vae`."""
     meta, groups = load_checkpoint(path)

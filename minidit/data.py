@@ -274,6 +274,7 @@ class DataLoader:
         self.epoch = 0          # epochs started so far; the first batch starts epoch 1
         self.position = 0       # images of the current epoch already served
         self.order = None       # (N,) int64 permutation of the current epoch
+        self.last_index = self.last_flip = None  # the dataset rows and flips of the last batch
 
     @property
     def batches_per_epoch(self):
@@ -294,9 +295,11 @@ class DataLoader:
         idx = self.order[self.position:self.position + b]
         self.position += b
         images = self.dataset.images[idx]                       # (B, H, W, C) uint8, a copy
+        flip = np.zeros(b, dtype=bool)
         if self.flip:
             flip = self.generator.spawn_host().random(b) < 0.5  # (B,) one coin per image
             images[flip] = images[flip, :, ::-1]                # mirror the W axis
+        self.last_index, self.last_flip = idx, flip             # which images, which mirrored
         images = to_device(images, self.device)
         labels = to_device(self.dataset.labels[idx], self.device)
         x = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # (B, C, H, W)

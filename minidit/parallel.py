@@ -87,6 +87,12 @@ class DataParallel:
             self._limits.__exit__(*exc)
         return False
 
+    def each(self, fn, items):
+        """[fn(item) for item in items], run on the workers; results in the items' order."""
+        if self._pool is None:
+            return [fn(item) for item in items]
+        return list(self._pool.map(fn, items))
+
     def map(self, fn, n):
         """[fn(slice) for each shard of range(n)], run on the workers; results in shard order."""
         parts = shards(n, self.workers) if self._pool is not None else [slice(0, n)]

@@ -203,10 +203,16 @@ def run(args, log=print):
     acc, t_last, last_ckpt = [], time.perf_counter(), (existing[-1] if args.resume else None)
     start_step = step
     with DataParallel(workers) as parallel:
+        latents = None
+        if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
+            from .autoencoder import EncodedDataset
+            t_enc = time.perf_counter()
+            latents = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
+            log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s")
         while step < args.steps:
             x, y = next(loader)
-            if encoder is not None:
-                x = encoder.sample_latents(x, rng)
+            if latents is not None:
+                x = latents.sample(loader.last_index, loader.last_flip, rng)
             stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
             step += 1
             if not stats["finite"]:
