@@ -34,11 +34,12 @@ class AdamW:
         self.m = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
         self.v = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
 
-    def step(self, params, grads):
+    def step(self, params, grads, parallel=None):
         """One update of every parameter, in place; returns nothing.
 
         The order of operations is torch.optim.AdamW's single-tensor path, so a float32 run
-        stays within rounding of PyTorch's.
+        stays within rounding of PyTorch's. parallel: an entered minidit.parallel.DataParallel
+        to update different parameters on different worker threads (the same numbers).
         """
         _check_like(self.m, params, "params")
         _check_like(self.m, grads, "grads")
@@ -49,7 +50,9 @@ class AdamW:
         bias_correction2 = 1 - b2 ** self.step_count
         step_size = self.lr / bias_correction1
         bias_correction2_sqrt = bias_correction2 ** 0.5
-        for k, p in params.items():
+
+        def update(k):
+            p = params[k]
             xp = get_array_module(p)
             g, m, v = grads[k], self.m[k], self.v[k]
             if self.weight_decay != 0:
@@ -71,6 +74,8 @@ class AdamW:
             xp.multiply(m, step_size, out=tmp)
             tmp /= denom
             p -= tmp
+
+        _each(parallel, update, list(params))
 
     def state_dict(self):
         """Step count, hyperparameters and the moments as host NumPy arrays (for checkpoints)."""
@@ -105,7 +110,17 @@ def init_ema(params):
     return {k: p.copy() for k, p in params.items()}
 
 
-def ema_update(ema_params, params, decay=0.9999):
+def _each(parallel, fn, keys):
+    """fn(k) for every key: on the workers of `parallel` when one is given, else in this thread.
+    Each key's update touches only its own arrays, so the result does not depend on the order."""
+    if parallel is None:
+        for k in keys:
+            fn(k)
+    else:
+        parallel.each(fn, keys)
+
+
+def ema_update(ema_params, params, decay=0.9999, parallel=None):
     """ema <- decay * ema + (1 - decay) * param, in place, for every key (PAPER.md 4.3).
 
     Called after every optimiser step; no warm-up and no bias correction, as in DiT's train.py
@@ -113,7 +128,10 @@ def ema_update(ema_params, params, decay=0.9999):
     averaged too and only pick up rounding.
     """
     _check_like(ema_params, params, "ema params")
-    for k, e in ema_params.items():
-        xp = get_array_module(e)
+
+    def update(k):
+        e = ema_params[k]
         e *= decay
-        e += xp.multiply(params[k], 1 - decay)
+        e += get_array_module(e).multiply(params[k], 1 - decay)
+
+    _each(parallel, update, list(ema_params))

@@ -54,8 +54,8 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
     stats = {k: float(sum(float(p[k].sum()) for p, _ in shards) / N) for k in ("loss", "mse", "vb") if k in terms}
     if not all(math.isfinite(v) for v in stats.values()) or not math.isfinite(gnorm):
         return dict(stats, grad_norm=gnorm, finite=False)
-    opt.step(params, grads)
-    ema_update(ema, params, ema_decay)
+    opt.step(params, grads, parallel)
+    ema_update(ema, params, ema_decay, parallel)
     return dict(stats, grad_norm=gnorm, finite=True)
 
 

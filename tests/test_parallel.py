@@ -74,3 +74,22 @@ def test_sampling_with_workers_matches_one_piece():
     three = generate(params, cfg, labels, 3, "ddpm", 2.0, seed=1, workers=3)
     np.testing.assert_allclose(three, one, rtol=1e-5, atol=1e-6)
     assert np.abs(one).max() > 0.1
+
+
+def test_optimizer_and_ema_on_workers_give_the_same_numbers():
+    from minidit.optim import ema_update
+    r = np.random.default_rng(0)
+    shapes = {"a": (5, 3), "b": (7,), "c": (2, 2, 2), "d": (11, 4)}
+    p1 = {k: r.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    p2 = {k: v.copy() for k, v in p1.items()}
+    e1, e2 = init_ema(p1), init_ema(p2)
+    o1, o2 = AdamW(p1, lr=1e-2, weight_decay=0.1), AdamW(p2, lr=1e-2, weight_decay=0.1)
+    with DataParallel(3) as par:
+        for _ in range(3):
+            g = {k: r.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+            o1.step(p1, g)
+            o2.step(p2, g, par)
+            ema_update(e1, p1, 0.9)
+            ema_update(e2, p2, 0.9, par)
+    for k in shapes:
+        assert np.array_equal(p1[k], p2[k]) and np.array_equal(e1[k], e2[k]) and not np.array_equal(p1[k], e1[k])
