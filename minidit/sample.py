@@ -70,6 +70,19 @@ def find_checkpoint(path):
     return p
 
 
+def find_vae(recorded, ckpt):
+    """The VAE file a latent checkpoint names: as given if it exists, else a relative path is
+    looked up beside the checkpoint and in the project folder (so the shipped model, which
+    records data/vae_shapes32.npz, samples from any working directory)."""
+    p = Path(recorded)
+    if p.exists() or p.is_absolute():
+        return p
+    for base in (Path(ckpt).resolve().parent, Path(__file__).resolve().parents[1]):
+        if (base / p).exists():
+            return base / p
+    return p  # load_vae_decoder names the missing file
+
+
 def load_model(path, use_ema=True, device=None):
     """(params, cfg, meta) from a minidit checkpoint; EMA weights unless use_ema=False."""
     meta, groups = load_checkpoint(find_checkpoint(path))
@@ -139,7 +152,7 @@ def main(argv=None):
         params, cfg, meta = load_model(args.ckpt, use_ema=not args.raw, device=device)
         classes = parse_classes(args.classes, cfg.num_classes)
         decode = None
-        vae_path = args.vae or meta.get("vae")
+        vae_path = args.vae or (find_vae(meta["vae"], find_checkpoint(args.ckpt)) if meta.get("vae") else None)
         if vae_path:
             from .autoencoder import load_vae_decoder
             decode = load_vae_decoder(vae_path, device=device, latent_scale=meta.get("latent_scale"))
