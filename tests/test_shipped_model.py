@@ -27,7 +27,7 @@ def test_shipped_model_samples_the_requested_classes():
     report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
     print(report.summary())
     assert report["classifier_real_accuracy"] > 0.95
-    assert report["class_accuracy"] > 0.15  # chance is 0.10; measured 0.28 on 100 samples
+    assert report["class_accuracy"] > 0.2  # chance is 0.10; measured 0.32 on 100, 0.40 on these 50
     clf = load_classifier(DEFAULT_CLASSIFIER)
     pred = np.asarray(classify(*clf, images_to_input(to_uint8(x))).argmax(axis=1))
     assert (pred % 2 == labels % 2).mean() >= 0.9  # warm vs cool: measured 1.00
