@@ -260,10 +260,12 @@ def dit_forward(params, x, t, y, cfg, keep_cache=True):
     return out, dict(cfg=cfg, c_x=c_x, c_t=c_t, c_y=c_y, c_blocks=c_blocks, c_final=c_final, c_un=c_un)
 
 
-def dit_backward(dout, cache, need_dx=True):
+def dit_backward(dout, cache, need_dx=True, release=False):
     """dout (N, C_out, I, I) -> (grads keyed like params, dx (N, C, I, I) or None).
 
     Training needs no gradient for the input image: need_dx=False skips that product.
+    release=True drops each block's cache as soon as its backward is done, so the activations
+    are freed while the gradients grow (training does this; the cache is then used up).
     """
     cfg = cache["cfg"]
     xp = get_array_module(dout)
@@ -282,6 +284,8 @@ def dit_backward(dout, cache, need_dx=True):
     dcond = None
     for i in reversed(range(cfg.depth)):
         dh, dcb, gb = block_backward(cfg.block, dh, cache["c_blocks"][i])
+        if release:
+            cache["c_blocks"][i] = None
         g.update(gb)
         if dcb is not None:
             dcond = dcb if dcond is None else dcond + dcb

@@ -42,7 +42,7 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
         x_t = diffusion.q_sample(x[s], t[s], noise[s])
         out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
         terms = diffusion.training_losses(out, x[s], x_t, t[s], noise[s], dloss=dloss[s])
-        grads, _ = dit_backward(terms.pop("grad"), cache, need_dx=False)
+        grads, _ = dit_backward(terms.pop("grad"), cache, need_dx=False, release=True)
         return terms, grads
 
     shards = (parallel or _ONE_PIECE).map(forward_backward, N)

@@ -173,3 +173,17 @@ def test_forward_without_cache_gives_the_same_output(xp):
     out, cache = dit_forward(P, x, t, y, cfg, keep_cache=False)
     assert cache is None
     np.testing.assert_array_equal(to_numpy(out), to_numpy(dit_forward(P, x, t, y, cfg)[0]))
+
+
+def test_backward_that_releases_the_cache_gives_the_same_gradients(xp):
+    cfg = tiny()
+    P = randomised_params(xp, cfg)
+    x, t, y = _inputs(xp, cfg)
+    out, cache = dit_forward(P, x, t, y, cfg)
+    dout = xp.asarray(np.random.default_rng(3).standard_normal(out.shape))
+    g_keep, dx_keep = dit_backward(dout, cache)
+    g_free, dx_free = dit_backward(dout, cache, release=True)   # the kept cache can be used again
+    assert all(c is None for c in cache["c_blocks"])             # ... but this one is used up
+    for k in g_keep:
+        np.testing.assert_array_equal(to_numpy(g_free[k]), to_numpy(g_keep[k]), err_msg=k)
+    np.testing.assert_array_equal(to_numpy(dx_free), to_numpy(dx_keep))
