@@ -50,6 +50,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 3, quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="NumPy BLAS threads")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--workers", type=int, default=0,
+                    help="data-parallel threads sharing the batch (0: one per CPU; minidit/parallel.py)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and images")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -68,11 +70,15 @@ def main(argv=None):
     from minidit.sample import generate
     params, cfg = weights(args.model, args.ckpt, args.device)
     labels = np.arange(images) % cfg.num_classes
-    generate(params, cfg, labels[:2], 2, "ddpm", args.cfg_scale, seed=0, device=args.device)  # warm-up
+    from minidit.parallel import resolve_workers
+    workers = resolve_workers(args.workers, images, args.device)
+    generate(params, cfg, labels[:2], 2, "ddpm", args.cfg_scale, seed=0, device=args.device,
+             workers=workers)  # warm-up
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        x = generate(params, cfg, labels, steps, "ddpm", args.cfg_scale, seed=r, device=args.device)
+        x = generate(params, cfg, labels, steps, "ddpm", args.cfg_scale, seed=r, device=args.device,
+                     workers=workers)
         times.append(time.perf_counter() - t0)  # generate returns host arrays: the GPU is done
     assert x.shape == (images, cfg.in_channels, cfg.input_size, cfg.input_size)
     best = min(times)
@@ -81,12 +87,13 @@ def main(argv=None):
     mm = measure_matmul((2048,), 3, "cpu") if args.device == "cpu" else measure_matmul((4096, 8192), 5, "gpu")
     lib, threads = blas_threads()
     res = {"model": args.ckpt or args.model, "device": args.device, "machine": mm["machine"],
-           "cpu_count": os.cpu_count(), "blas_threads": threads, "images": images, "steps": steps,
+           "cpu_count": os.cpu_count(), "blas_threads": threads, "workers": workers, "images": images, "steps": steps,
            "cfg_scale": args.cfg_scale, "seconds": times, "best_seconds": best,
            "images_per_second": images / best, "seconds_per_step": best / steps,
            "achieved_gflops": flops / best / 1e9, "matmul_gflops": mm["gflops"],
            "mfu": flops / best / (mm["gflops"] * 1e9)}
-    print(f"{res['model']} on {args.device} ({platform.machine()}, {lib} with {threads} threads): "
+    print(f"{res['model']} on {args.device} ({platform.machine()}, {lib} with {threads} threads, "
+          f"{workers} worker(s)): "
           f"{images} images, {steps}-step DDPM, guidance {args.cfg_scale:g} "
           f"(a forward of {batch} per step), best of {repeats}")
     print(f"  {res['images_per_second']:.2f} images/s   {1000 * res['seconds_per_step']:.1f} ms/step   "
