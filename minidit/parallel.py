@@ -56,7 +56,7 @@ def resolve_workers(workers, batch_size, device="cpu"):
 
 
 def shards(n, workers):
-    """Contiguous slices that split range(n) into `workers` near-equal parts (first ones larger)."""
+    """Contiguous slices that split range(n) into `workers` parts whose sizes differ by at most one."""
     bounds = np.linspace(0, n, workers + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
