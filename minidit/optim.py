@@ -6,6 +6,9 @@ weights, which is what every result in the paper is sampled from. Both work on f
 arrays keyed like the model's parameters, on NumPy or CuPy.
 """
 from minidit.backend import get_array_module, to_numpy
+from minidit.parallel import DataParallel
+
+_IN_THIS_THREAD = DataParallel(1)  # what parallel=None means: every update in the caller's thread
 
 
 def _check_like(ref, other, what):
@@ -75,7 +78,7 @@ class AdamW:
             tmp /= denom
             p -= tmp
 
-        _each(parallel, update, list(params))
+        (parallel or _IN_THIS_THREAD).each(update, list(params))
 
     def state_dict(self):
         """Step count, hyperparameters and the moments as host NumPy arrays (for checkpoints)."""
@@ -110,16 +113,6 @@ def init_ema(params):
     return {k: p.copy() for k, p in params.items()}
 
 
-def _each(parallel, fn, keys):
-    """fn(k) for every key: on the workers of `parallel` when one is given, else in this thread.
-    Each key's update touches only its own arrays, so the result does not depend on the order."""
-    if parallel is None:
-        for k in keys:
-            fn(k)
-    else:
-        parallel.each(fn, keys)
-
-
 def ema_update(ema_params, params, decay=0.9999, parallel=None):
     """ema <- decay * ema + (1 - decay) * param, in place, for every key (PAPER.md 4.3).
 
@@ -134,4 +127,4 @@ def ema_update(ema_params, params, decay=0.9999, parallel=None):
         e *= decay
         e += get_array_module(e).multiply(params[k], 1 - decay)
 
-    _each(parallel, update, list(ema_params))
+    (parallel or _IN_THIS_THREAD).each(update, list(ema_params))

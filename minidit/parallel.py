@@ -88,14 +88,19 @@ class DataParallel:
         return False
 
     def each(self, fn, items):
-        """[fn(item) for item in items], run on the workers; results in the items' order."""
+        """[fn(item) for item in items], run on the workers; results in the items' order. Each
+        item's work must touch only its own arrays (each parameter's update, each chunk)."""
         if self._pool is None:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
+    def shards(self, n):
+        """The slices of range(n) that map() hands out: one per worker, or all of it without a pool."""
+        return shards(n, self.workers) if self._pool is not None else [slice(0, n)]
+
     def map(self, fn, n):
         """[fn(slice) for each shard of range(n)], run on the workers; results in shard order."""
-        parts = shards(n, self.workers) if self._pool is not None else [slice(0, n)]
+        parts = self.shards(n)
         if len(parts) == 1:
             return [fn(parts[0])]
         return list(self._pool.map(fn, parts))

@@ -42,9 +42,11 @@ def generate(params, cfg, labels, num_steps=250, sampler="ddpm", cfg_scale=4.0, 
     y = to_device(labels, device)
     shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
     with DataParallel(resolve_workers(workers, max(len(labels), 1), device_of(y))) as parallel:
-        def model_fn(x, t):  # each worker runs the (guided) model on its slice of the batch
-            parts = parallel.map(lambda s: make_model_fn(params, cfg, y[s], cfg_scale, guidance)(x[s], t[s]),
-                                 x.shape[0])
+        # one (guided) model function per worker, for its slice of the labels, built once
+        pieces = [(s, make_model_fn(params, cfg, y[s], cfg_scale, guidance)) for s in parallel.shards(len(labels))]
+
+        def model_fn(x, t):
+            parts = parallel.each(lambda piece: piece[1](x[piece[0]], t[piece[0]]), pieces)
             return parts[0] if len(parts) == 1 else get_array_module(x).concatenate(parts)
 
         if sampler == "ddpm":
