@@ -120,6 +120,32 @@ def to_device(x, device=None):
     return xp.asarray(x)
 
 
+# NumPy makes one pass over memory for every element-wise operation. A chain of ten or more of
+# them over a big array (GELU's backward, AdamW's update) runs faster block by block: a block of
+# 64K float32 values (256 KB) stays in the CPU core's L2 cache from one operation to the next.
+CACHE_BLOCK = 1 << 16
+
+
+def cache_blocks(*arrays):
+    """Yield matching pieces of same-sized arrays, to run a chain of element-wise operations on.
+
+    NumPy arrays that are all C-contiguous and larger than CACHE_BLOCK come as 1-D views of
+    CACHE_BLOCK elements (writes to them land in the arrays). Anything else, CuPy arrays
+    included (there one kernel over the whole array is best), comes as one piece: the arrays
+    themselves, in their own shapes.
+    """
+    size = arrays[0].size
+    if any(a.size != size for a in arrays):
+        raise ValueError(f"cache_blocks: arrays differ in size, {[tuple(a.shape) for a in arrays]}")
+    if (get_array_module(*arrays) is not np or size <= CACHE_BLOCK
+            or not all(a.flags.c_contiguous for a in arrays)):
+        yield arrays
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    for i in range(0, size, CACHE_BLOCK):
+        yield tuple(f[i:i + CACHE_BLOCK] for f in flat)
+
+
 def synchronize(device=None):
     """Wait for queued GPU work to finish (a no-op on the CPU); call before reading a timer."""
     if (get_device() if device is None else resolve_device(device)) == "gpu":

@@ -5,7 +5,7 @@ DiT trains with torch.optim.AdamW (lr 1e-4 constant, betas (0.9, 0.999), eps 1e-
 weights, which is what every result in the paper is sampled from. Both work on flat dicts of
 arrays keyed like the model's parameters, on NumPy or CuPy.
 """
-from minidit.backend import get_array_module, to_numpy
+from minidit.backend import cache_blocks, get_array_module, to_numpy
 from minidit.parallel import DataParallel
 
 _IN_THIS_THREAD = DataParallel(1)  # what parallel=None means: every update in the caller's thread
@@ -55,28 +55,28 @@ class AdamW:
         bias_correction2_sqrt = bias_correction2 ** 0.5
 
         def update(k):
-            p = params[k]
-            xp = get_array_module(p)
-            g, m, v = grads[k], self.m[k], self.v[k]
-            if self.weight_decay != 0:
-                p *= 1 - self.lr * self.weight_decay   # decoupled decay: shrink the weight itself
-            # m = b1*m + (1-b1)*g, written as torch writes it, m.lerp_(g, 1-b1) = m + (1-b1)(g-m)
-            tmp = xp.subtract(g, m)
-            tmp *= 1 - b1
-            m += tmp
-            # v = b2*v + (1-b2)*g*g   (torch: v.mul_(b2).addcmul_(g, g, value=1-b2))
-            v *= b2
-            xp.multiply(g, 1 - b2, out=tmp)
-            tmp *= g
-            v += tmp
-            # denom = sqrt(v) / sqrt(bias_correction2) + eps
-            denom = xp.sqrt(v)
-            denom /= bias_correction2_sqrt
-            denom += self.eps
-            # p -= step_size * m / denom   (torch: p.addcdiv_(m, denom, value=-step_size))
-            xp.multiply(m, step_size, out=tmp)
-            tmp /= denom
-            p -= tmp
+            xp = get_array_module(params[k])
+            # the same chain on cache-sized pieces of the four arrays (backend.cache_blocks)
+            for p, g, m, v in cache_blocks(params[k], grads[k], self.m[k], self.v[k]):
+                if self.weight_decay != 0:
+                    p *= 1 - self.lr * self.weight_decay   # decoupled decay: shrink the weight itself
+                # m = b1*m + (1-b1)*g, written as torch writes it, m.lerp_(g, 1-b1) = m + (1-b1)(g-m)
+                tmp = xp.subtract(g, m)
+                tmp *= 1 - b1
+                m += tmp
+                # v = b2*v + (1-b2)*g*g   (torch: v.mul_(b2).addcmul_(g, g, value=1-b2))
+                v *= b2
+                xp.multiply(g, 1 - b2, out=tmp)
+                tmp *= g
+                v += tmp
+                # denom = sqrt(v) / sqrt(bias_correction2) + eps
+                denom = xp.sqrt(v)
+                denom /= bias_correction2_sqrt
+                denom += self.eps
+                # p -= step_size * m / denom   (torch: p.addcdiv_(m, denom, value=-step_size))
+                xp.multiply(m, step_size, out=tmp)
+                tmp /= denom
+                p -= tmp
 
         (parallel or _IN_THIS_THREAD).each(update, list(params))
 
@@ -123,8 +123,9 @@ def ema_update(ema_params, params, decay=0.9999, parallel=None):
     _check_like(ema_params, params, "ema params")
 
     def update(k):
-        e = ema_params[k]
-        e *= decay
-        e += get_array_module(e).multiply(params[k], 1 - decay)
+        xp = get_array_module(ema_params[k])
+        for e, p in cache_blocks(ema_params[k], params[k]):
+            e *= decay
+            e += xp.multiply(p, 1 - decay)
 
     (parallel or _IN_THIS_THREAD).each(update, list(ema_params))

@@ -48,3 +48,24 @@ def test_silu_gradcheck(xp, rng):
 def test_softmax_gradcheck(xp, rng):
     gradcheck("softmax", softmax_forward, lambda d, c: (softmax_backward(d, c),),
               dict(x=randn(xp, rng, 2, 3, 5, scale=2.0)), tol=1e-7)
+
+
+def test_gelu_in_cache_blocks_equals_one_piece(xp, rng):
+    """On a big contiguous NumPy array GELU works block by block (backend.cache_blocks); a
+    strided view of the same numbers goes through in one piece. Both must give the formula's
+    values and the same bits, forward and backward, remainder block included."""
+    from minidit.backend import CACHE_BLOCK
+    x = randn(xp, rng, 300, 500, scale=2.0)  # 150,000 elements: 2 blocks and a partial one
+    d = randn(xp, rng, 300, 500)
+    assert x.size > 2 * CACHE_BLOCK and x.size % CACHE_BLOCK
+    xn, dn = to_numpy(x), to_numpy(d)
+    k, c = math.sqrt(2 / math.pi), 0.044715
+    th = np.tanh(k * (xn + c * xn ** 3))
+    out, cache = gelu_forward(x)
+    dx = gelu_backward(d, cache)
+    np.testing.assert_allclose(to_numpy(out), 0.5 * xn * (1 + th), rtol=1e-10, atol=1e-14)
+    ref_dx = dn * (0.5 * (1 + th) + 0.5 * xn * (1 - th ** 2) * k * (1 + 3 * c * xn ** 2))
+    np.testing.assert_allclose(to_numpy(dx), ref_dx, rtol=1e-10, atol=1e-14)
+    xs, ds = xp.asfortranarray(x), xp.asfortranarray(d)  # same values, not C-contiguous
+    np.testing.assert_array_equal(to_numpy(gelu_forward(xs)[0]), to_numpy(out))
+    np.testing.assert_array_equal(to_numpy(gelu_backward(ds, xs)), to_numpy(dx))

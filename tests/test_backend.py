@@ -56,3 +56,23 @@ def test_to_device_and_back_on_containers(xp):
     back = to_numpy(moved)
     assert isinstance(back["a"], np.ndarray) and back["b"][1] == 3
     backend.synchronize(dev)
+
+
+def test_cache_blocks_views_and_fallbacks():
+    """cache_blocks hands out writable 1-D views that tile big contiguous arrays exactly; small,
+    strided or mismatched inputs are handled as documented."""
+    from minidit.backend import CACHE_BLOCK, cache_blocks
+    a = np.arange(2 * CACHE_BLOCK + 5, dtype=np.float32).reshape(-1, 1)
+    out = np.zeros_like(a)
+    pieces = list(cache_blocks(a, out))
+    assert [p[0].size for p in pieces] == [CACHE_BLOCK, CACHE_BLOCK, 5]
+    for src, dst in pieces:
+        dst[...] = src * 2
+    np.testing.assert_array_equal(out, a * 2)  # writes land in the array
+    small = np.ones((3, 4))
+    assert [p[0] is small for p in cache_blocks(small, small)] == [True]
+    strided = np.ones((CACHE_BLOCK, 4)).T
+    (one,) = list(cache_blocks(strided, np.empty((4, CACHE_BLOCK))))
+    assert one[0] is strided
+    with pytest.raises(ValueError, match="differ in size"):
+        list(cache_blocks(np.ones(3), np.ones(4)))

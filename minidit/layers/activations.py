@@ -3,7 +3,7 @@ every adaLN regression and inside the timestep MLP), and softmax (inside attenti
 """
 import math
 
-from ..backend import get_array_module
+from ..backend import cache_blocks, get_array_module
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi) of the tanh approximation (PAPER.md 1.5)
 _GELU_C = 0.044715
@@ -13,44 +13,51 @@ def gelu_forward(x):
     """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x any shape.
 
     Only x is cached; the backward recomputes the tanh, which costs less than keeping a second
-    array of the MLP's widest activation alive until the backward pass.
+    array of the MLP's widest activation alive until the backward pass. The arithmetic runs in
+    cache-sized blocks (backend.cache_blocks): the same numbers, fewer trips to memory.
     """
-    out = _gelu_tanh(x)  # th = tanh(k (x + c x^3))
-    out += 1.0
-    out *= x
-    out *= 0.5  # 0.5 x (1 + th)
+    xp = get_array_module(x)
+    out = xp.empty(x.shape, dtype=x.dtype)
+    for xb, ob in cache_blocks(x, out):
+        _gelu_tanh(xb, out=ob)  # th = tanh(k (x + c x^3))
+        ob += 1.0
+        ob *= xb
+        ob *= 0.5  # 0.5 x (1 + th)
     return out, x
 
 
-def _gelu_tanh(x):
-    """tanh(k (x + c x^3)), computed in one buffer (k x (1 + c x^2) has fewer passes)."""
+def _gelu_tanh(x, out):
+    """tanh(k (x + c x^3)) into out, written as k x (1 + c x^2) to need fewer passes."""
     xp = get_array_module(x)
-    u = x * x
-    u *= _GELU_C * _GELU_K
-    u += _GELU_K
-    u *= x  # k (x + c x^3)
-    return xp.tanh(u, out=u)
+    xp.multiply(x, x, out=out)
+    out *= _GELU_C * _GELU_K
+    out += _GELU_K
+    out *= x  # k (x + c x^3)
+    return xp.tanh(out, out=out)
 
 
 # exercise: 3.2 DiT block design
 def gelu_backward(dout, cache):
     """dout like x -> dx."""
     x = cache
-    th = _gelu_tanh(x)
-    # out = 0.5 x (1 + th), th = tanh(u), u = k (x + c x^3)
-    # dout/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 c x^2)
-    dx = x * x
-    dx *= 3.0 * _GELU_C * _GELU_K
-    dx += _GELU_K
-    dx *= x  # x k (1 + 3 c x^2)
-    sech2 = th * th
-    sech2 -= 1.0
-    dx *= sech2  # -x (1 - th^2) k (1 + 3 c x^2)
-    th += 1.0
-    th -= dx  # (1 + th) + x (1 - th^2) k (1 + 3 c x^2)
-    th *= 0.5
-    th *= dout
-    return th
+    xp = get_array_module(x)
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    for xb, db, th in cache_blocks(x, dout, dx):  # th: the block of dx, used as a buffer first
+        # out = 0.5 x (1 + th), th = tanh(u), u = k (x + c x^3)
+        # dout/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 c x^2)
+        _gelu_tanh(xb, out=th)
+        slope = xb * xb
+        slope *= 3.0 * _GELU_C * _GELU_K
+        slope += _GELU_K
+        slope *= xb  # x k (1 + 3 c x^2)
+        sq = th * th
+        sq -= 1.0
+        slope *= sq  # -x (1 - th^2) k (1 + 3 c x^2)
+        th += 1.0
+        th -= slope  # (1 + th) + x (1 - th^2) k (1 + 3 c x^2)
+        th *= 0.5
+        th *= db
+    return dx
 
 
 def silu_forward(x):
@@ -82,6 +89,9 @@ def softmax_backward(dout, cache):
     """dout like x -> dx. Only the output y is cached: dy/dx = diag(y) - y y^T per row."""
     y, axis = cache
     # y = exp(x) / sum(exp(x))  =>  dx = y * (dout - sum(dout * y))
-    dx = dout - (dout * y).sum(axis=axis, keepdims=True)
+    xp = get_array_module(y)
+    # the row sums of dout * y without a temporary of their size (einsum: one fused pass)
+    row = xp.expand_dims(xp.einsum("...k,...k->...", xp.moveaxis(dout, axis, -1), xp.moveaxis(y, axis, -1)), axis)
+    dx = dout - row
     dx *= y
     return dx

@@ -25,12 +25,13 @@ def sdpa_backward(dout, cache):
     """dout (N, nh, Tq, hd) -> dq, dk, dv."""
     q, k, v, p, scale = cache
     # out = p @ v
-    dp = dout @ v.swapaxes(-1, -2)  # (N, nh, Tq, Tk)
     dv = p.swapaxes(-1, -2) @ dout  # (N, nh, Tk, hd)
+    # scores = (q * scale) @ k^T, so dq and dk both carry the scale. The softmax backward is
+    # linear in its upstream gradient, so the scale goes in before it, on the small dout
+    # (N, nh, Tq, hd) rather than on the big (N, nh, Tq, Tk) score gradients.
+    dp = (dout * scale) @ v.swapaxes(-1, -2)  # scale * dL/dp, (N, nh, Tq, Tk)
     # p = softmax(scores)
-    ds = softmax_backward(dp, (p, -1))
-    # scores = (q * scale) @ k^T, so both gradients carry the scale: fold it into ds once
-    ds *= scale
+    ds = softmax_backward(dp, (p, -1))  # scale * dL/dscores
     dq = ds @ k
     dk = ds.swapaxes(-1, -2) @ q
     return dq, dk, dv

@@ -4,12 +4,14 @@ modulate(x, shift, scale) = x * (1 + scale) + shift, with one shift and scale pe
 broadcast over the tokens; the "1 +" makes a zero scale the identity. The adaLN-Zero block
 adds each branch through a gate: x + gate * branch, with the gate zero at initialisation.
 """
+from ..backend import get_array_module
 
 
 # exercise: 3.2 DiT block design
 def modulate_forward(x, shift, scale):
     """x (N, T, D), shift (N, D), scale (N, D) -> out (N, T, D)."""
-    out = x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+    out = x * (1.0 + scale[:, None, :])
+    out += shift[:, None, :]
     return out, (x, scale)
 
 
@@ -20,7 +22,7 @@ def modulate_backward(dout, cache):
     # out = x * (1 + scale) + shift, scale and shift broadcast over T
     dx = dout * (1.0 + scale[:, None, :])
     dshift = dout.sum(axis=1)
-    dscale = (dout * x).sum(axis=1)
+    dscale = get_array_module(x).einsum("ntd,ntd->nd", dout, x)  # sum over T of dout * x
     return dx, dshift, dscale
 
 
@@ -35,5 +37,5 @@ def gated_residual_backward(dout, cache):
     branch, gate = cache
     # out = x + gate * branch
     dbranch = dout * gate[:, None, :]
-    dgate = (dout * branch).sum(axis=1)
+    dgate = get_array_module(branch).einsum("ntd,ntd->nd", dout, branch)  # sum over T
     return dout.copy(), dbranch, dgate
