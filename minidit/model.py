@@ -260,21 +260,32 @@ def dit_forward(params, x, t, y, cfg, keep_cache=True):
     return out, dict(cfg=cfg, c_x=c_x, c_t=c_t, c_y=c_y, c_blocks=c_blocks, c_final=c_final, c_un=c_un)
 
 
-def dit_backward(dout, cache, need_dx=True, release=False):
+def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
     """dout (N, C_out, I, I) -> (grads keyed like params, dx (N, C, I, I) or None).
 
     Training needs no gradient for the input image: need_dx=False skips that product.
     release=True drops each block's cache as soon as its backward is done, so the activations
     are freed while the gradients grow (training does this; the cache is then used up).
+    sink: a function to hand each group of finished gradients to (a dict: the final layer's,
+    then each block's from the last to the first, then the embedders'), as soon as the
+    backward has it; the returned grads are then empty. Data-parallel training uses it to sum
+    the workers' gradients while the backward still runs (minidit.train).
     """
     cfg = cache["cfg"]
     xp = get_array_module(dout)
     g = {}
+
+    def hand_over(group):
+        if sink is None:
+            g.update(group)
+        else:
+            sink(group)
+
     # out = unpatchify(tok)
     dtok = unpatchify_backward(dout, cache["c_un"])
     # tok = final_layer(h, c)
     dh, dc, gf = final_layer_backward(dtok, cache["c_final"])
-    g.update(gf)
+    hand_over(gf)
     if cfg.block == "in-context":
         # h = h_full[:, :-2]: the conditioning tokens get no gradient from the decoder
         N, T, D = dh.shape
@@ -286,7 +297,7 @@ def dit_backward(dout, cache, need_dx=True, release=False):
         dh, dcb, gb = block_backward(cfg.block, dh, cache["c_blocks"][i])
         if release:
             cache["c_blocks"][i] = None
-        g.update(gb)
+        hand_over(gb)
         if dcb is not None:
             dcond = dcb if dcond is None else dcond + dcb
     if cfg.block == "in-context":
@@ -300,11 +311,13 @@ def dit_backward(dout, cache, need_dx=True, release=False):
     if cfg.block in ("adaLN", "adaLN-Zero"):
         # c = t_emb + y_emb
         dt_emb = dy_emb = dc
-    (g["t_embedder.mlp.0.w"], g["t_embedder.mlp.0.b"], g["t_embedder.mlp.2.w"],
-     g["t_embedder.mlp.2.b"]) = timestep_embedder_backward(dt_emb, cache["c_t"])
-    g["y_embedder.embedding_table.w"] = label_embed_backward(dy_emb, cache["c_y"])
+    ge = {}
+    (ge["t_embedder.mlp.0.w"], ge["t_embedder.mlp.0.b"], ge["t_embedder.mlp.2.w"],
+     ge["t_embedder.mlp.2.b"]) = timestep_embedder_backward(dt_emb, cache["c_t"])
+    ge["y_embedder.embedding_table.w"] = label_embed_backward(dy_emb, cache["c_y"])
     # h = patch_embed(x) + pos_embed
-    dx, g["x_embedder.proj.w"], g["x_embedder.proj.b"] = patch_embed_backward(dh, cache["c_x"], need_dx)
+    dx, ge["x_embedder.proj.w"], ge["x_embedder.proj.b"] = patch_embed_backward(dh, cache["c_x"], need_dx)
+    hand_over(ge)
     return g, dx
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,26 +38,69 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
     noise = rng.normal(x.shape, dtype=x.dtype, device=device_of(x))
     y = apply_label_dropout(y, cfg, rng)
     dloss = get_array_module(x).full((N,), 1.0 / N, dtype=x.dtype)  # d(batch mean) / d(loss_n)
+    parallel = parallel or _ONE_PIECE
+    order = {(s.start, s.stop): i for i, s in enumerate(parallel.shards(N))}
+    total = GradientSum()  # the all-reduce, done while the backward runs
 
     def forward_backward(s):
-        x_t = diffusion.q_sample(x[s], t[s], noise[s])
-        out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
-        terms = diffusion.training_losses(out, x[s], x_t, t[s], noise[s], dloss=dloss[s])
-        grads, _ = dit_backward(terms.pop("grad"), cache, need_dx=False, release=True)
-        return terms, grads
+        shard = order[s.start, s.stop]
+        try:
+            x_t = diffusion.q_sample(x[s], t[s], noise[s])
+            out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
+            terms = diffusion.training_losses(out, x[s], x_t, t[s], noise[s], dloss=dloss[s])
+            dit_backward(terms.pop("grad"), cache, need_dx=False, release=True,
+                         sink=lambda group: total.add(shard, group))
+            return terms
+        except BaseException:
+            total.fail()  # so that no other worker waits for this one's gradients forever
+            raise
 
-    shards = (parallel or _ONE_PIECE).map(forward_backward, N)
-    terms, grads = shards[0]
-    for _, more in shards[1:]:  # the all-reduce: a fixed order keeps runs deterministic
-        for k in grads:
-            grads[k] += more[k]
+    shards = parallel.map(forward_backward, N)
+    grads = total.total
     gnorm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
-    stats = {k: float(sum(float(p[k].sum()) for p, _ in shards) / N) for k in ("loss", "mse", "vb") if k in terms}
+    stats = {k: float(sum(float(p[k].sum()) for p in shards) / N) for k in ("loss", "mse", "vb") if k in shards[0]}
     if not all(math.isfinite(v) for v in stats.values()) or not math.isfinite(gnorm):
         return dict(stats, grad_norm=gnorm, finite=False)
     opt.step(params, grads, parallel)
     ema_update(ema, params, ema_decay, parallel)
     return dict(stats, grad_norm=gnorm, finite=True)
+
+
+class GradientSum:
+    """The sum of the workers' gradients, built while their backward passes run, as DDP overlaps
+    its all-reduce with the backward (gradient "buckets").
+
+    Each worker hands over a group of gradients (dit_backward's sink) as soon as it has them.
+    Worker s adds a parameter's gradient into the total only after worker s-1 has added its
+    own, so every sum is ((g0 + g1) + g2) + ... whatever the threads' timing (runs stay
+    deterministic), and each worker's copy is freed as soon as it is added: the batch's
+    gradients exist about once, not once per worker. Worker 0's arrays become the total.
+    """
+
+    def __init__(self):
+        self.total = {}
+        self._added = {}  # key -> how many workers have added it
+        self._turn = threading.Condition()
+        self._failed = False
+
+    def add(self, shard, grads):
+        for k, g in grads.items():
+            with self._turn:
+                self._turn.wait_for(lambda: self._failed or self._added.get(k, 0) == shard)
+                if self._failed:
+                    raise RuntimeError("another data-parallel worker failed")
+            if shard == 0:
+                self.total[k] = g
+            else:
+                self.total[k] += g  # no lock needed: until we mark it added, only we touch total[k]
+            with self._turn:
+                self._added[k] = shard + 1
+                self._turn.notify_all()
+
+    def fail(self):
+        with self._turn:
+            self._failed = True
+            self._turn.notify_all()
 
 
 _ONE_PIECE = DataParallel(1)

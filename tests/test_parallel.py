@@ -93,3 +93,64 @@ def test_optimizer_and_ema_on_workers_give_the_same_numbers():
             ema_update(e2, p2, 0.9, par)
     for k in shapes:
         assert np.array_equal(p1[k], p2[k]) and np.array_equal(e1[k], e2[k]) and not np.array_equal(p1[k], e1[k])
+
+
+def test_gradient_sum_adds_in_shard_order_whatever_the_timing():
+    """Workers hand over their gradients in any order of arrival; the total is always
+    ((g0 + g1) + g2), bit for bit, and the later workers' arrays are not kept."""
+    import threading
+    import time
+    from minidit.train import GradientSum
+    rng = np.random.default_rng(0)
+    # float32 values of very different sizes, so that another order of addition rounds differently
+    g = [{"w": (rng.standard_normal(1000) * 10.0 ** (3 * i)).astype(np.float32)} for i in range(3)]
+    expected = (g[0]["w"] + g[1]["w"]) + g[2]["w"]
+    assert not np.array_equal(expected, (g[2]["w"] + g[1]["w"]) + g[0]["w"])
+    total = GradientSum()
+    mine = [{"w": a["w"].copy()} for a in g]
+    threads = [threading.Thread(target=total.add, args=(s, mine[s])) for s in (2, 1, 0)]
+    for th in threads:  # the last shard arrives first and must wait for the others
+        th.start()
+        time.sleep(0.05)
+    for th in threads:
+        th.join(timeout=10)
+    assert not any(th.is_alive() for th in threads)
+    np.testing.assert_array_equal(total.total["w"], expected)
+    assert total.total["w"] is mine[0]["w"]  # worker 0's array became the total
+
+
+def test_gradient_sum_releases_waiting_workers_when_one_fails():
+    import threading
+    from minidit.train import GradientSum
+    total, errors = GradientSum(), []
+
+    def second_worker():
+        try:
+            total.add(1, {"w": np.ones(3)})  # waits for worker 0, which never comes
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    th = threading.Thread(target=second_worker)
+    th.start()
+    total.fail()  # what train_step does when a worker raises
+    th.join(timeout=10)
+    assert not th.is_alive() and errors == ["another data-parallel worker failed"]
+
+
+def test_a_failing_worker_raises_instead_of_hanging():
+    """Worker 0 fails on a bad class id; worker 1, which would wait for worker 0's gradients,
+    must be released, and the step must raise (not hang)."""
+    import concurrent.futures
+    cfg = DiT_models["minidit-Tiny/4"](depth=1, hidden_size=32, num_heads=2, input_size=8)
+    params = init_params(cfg, seed=1)
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    y = np.array([10 ** 6, 0, 1, 2])  # only the first shard holds the bad id
+
+    def step():
+        with DataParallel(2) as par:
+            train_step(params, init_ema(params), AdamW(params), cfg, create_diffusion(""), x, y,
+                       Generator(0), 0.9, par)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        with pytest.raises(ValueError, match="class id 1000000 outside"):
+            ex.submit(step).result(timeout=60)
