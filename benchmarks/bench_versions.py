@@ -1,0 +1,110 @@
+"""Training-step time of two versions of minidit, in one process, interleaved: the before/after
+measurement for a change that is meant to make minidit faster.
+
+    python benchmarks/bench_versions.py --base HEAD~1 [--configs DiT-S/2:8,minidit-Tiny/4:32]
+                                        [--repeats 7] [--workers 2] [--json out.json]
+
+The base is any git revision: its `minidit/` package is exported with `git archive` into a
+temporary folder and imported under the name `minidit_base`, next to the working tree's
+`minidit`. Both build the same model from the same seed; their training steps (minidit.train.
+train_step: forward, hybrid loss, backward, AdamW, EMA) then alternate, so a busy or noisy
+machine slows both alike, and the table reports the median of each and new / base.
+"""
+import argparse
+import importlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train import parse_runs  # noqa: E402
+
+
+def export_base(rev, into):
+    """Write revision `rev`'s minidit package to into/minidit_base, imports renamed to match."""
+    try:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "minidit"],
+                             check=True, capture_output=True).stdout
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"--base {rev!r}: git archive failed: {e.stderr.decode().strip()}")
+    with tarfile.open(fileobj=BytesIO(tar)) as t:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 and 3.12: refuse odd members
+            t.extractall(into, filter="data")
+        else:
+            t.extractall(into)
+    pkg = Path(into) / "minidit_base"
+    (Path(into) / "minidit").rename(pkg)
+    for f in pkg.rglob("*.py"):  # absolute imports of the package must point at the copy
+        f.write_text(re.sub(r"\b(from|import) minidit\b", r"\1 minidit_base", f.read_text()))
+    sys.path.insert(0, str(into))
+
+
+def build(pkg, name, batch, workers):
+    """A no-argument training step of config `name` at batch `batch`, built with package `pkg`."""
+    mod = {m: importlib.import_module(f"{pkg}.{m}")
+           for m in ("backend", "model", "optim", "diffusion", "parallel", "train")}
+    small = {} if name.startswith("DiT-") else dict(in_channels=3, num_classes=10)
+    cfg = mod["model"].get_config(name, input_size=32, **small)
+    params = mod["model"].init_params(cfg, seed=0)
+    rng = mod["backend"].Generator(0)
+    x = rng.normal((batch, cfg.in_channels, cfg.input_size, cfg.input_size))
+    y = rng.integers(0, cfg.num_classes, (batch,))
+    ema, opt = mod["optim"].init_ema(params), mod["optim"].AdamW(params, lr=1e-4)
+    diffusion = mod["diffusion"].create_diffusion("")
+    parallel = mod["parallel"].DataParallel(workers).__enter__()  # kept for the whole process
+    return lambda: mod["train"].train_step(params, ema, opt, cfg, diffusion, x, y, rng, 0.9999, parallel)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, help="git revision to compare against (e.g. HEAD~1, main)")
+    ap.add_argument("--configs", default="DiT-S/2:8,minidit-Tiny/4:32", help="NAME:BATCH,...")
+    ap.add_argument("--repeats", type=int, default=7, help="timed steps of each version (median)")
+    ap.add_argument("--workers", type=int, default=2, help="data-parallel workers of both versions")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    if a.repeats < 1 or a.workers < 1:
+        ap.error("--repeats and --workers must be positive")
+    try:
+        runs = parse_runs(a.configs)
+    except ValueError as e:
+        ap.error(str(e))
+    tmp = tempfile.TemporaryDirectory()
+    export_base(a.base, tmp.name)
+    print(f"base {a.base} against the working tree; {a.workers} worker(s); median of {a.repeats} "
+          f"interleaved training steps after one warm-up step each")
+    print(f"{'config':<16}{'batch':>6}{'base s':>10}{'new s':>10}{'new / base':>12}")
+    rows = []
+    for name, batch in runs:
+        steps = {"base": build("minidit_base", name, batch, a.workers),
+                 "new": build("minidit", name, batch, a.workers)}
+        times = {k: [] for k in steps}
+        for fn in steps.values():
+            fn()
+        for _ in range(a.repeats):
+            for k, fn in steps.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        base, new = statistics.median(times["base"]), statistics.median(times["new"])
+        rows.append(dict(config=name, batch=batch, base_s=base, new_s=new, ratio=new / base,
+                         base_samples_s=times["base"], new_samples_s=times["new"]))
+        print(f"{name:<16}{batch:>6}{base:>10.3f}{new:>10.3f}{new / base:>12.3f}", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(base=a.base, workers=a.workers, repeats=a.repeats,
+                                                rows=rows), indent=1))
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
