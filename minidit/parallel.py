@@ -10,8 +10,9 @@ workers' BLAS threads would fight over the same cores.
 
 The gradient of the batch mean is the sum over shards of each shard's gradient with the upstream
 weight 1/N (N the whole batch), added in a fixed shard order (minidit.train.GradientSum, while
-the backward passes run), so a run is deterministic for a given number of workers. Different worker counts round differently (float32 sums in another
-order), which is why a checkpoint records the count and resume reuses it.
+the backward passes run), so a run is deterministic for a given number of workers. Different
+worker counts round differently (float32 sums in another order), which is why a checkpoint
+records the count and resume reuses it.
 """
 import contextlib
 import os
