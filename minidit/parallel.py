@@ -90,7 +90,8 @@ class DataParallel:
 
     def each(self, fn, items):
         """[fn(item) for item in items], run on the workers; results in the items' order. Each
-        item's work must touch only its own arrays (each parameter's update, each chunk)."""
+        item's work must touch only its own arrays (each parameter's update, each batch shard),
+        or share them through a lock, as train.GradientSum does."""
         if self._pool is None:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))

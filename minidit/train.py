@@ -39,11 +39,10 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
     y = apply_label_dropout(y, cfg, rng)
     dloss = get_array_module(x).full((N,), 1.0 / N, dtype=x.dtype)  # d(batch mean) / d(loss_n)
     parallel = parallel or _ONE_PIECE
-    order = {(s.start, s.stop): i for i, s in enumerate(parallel.shards(N))}
     total = GradientSum()  # the all-reduce, done while the backward runs
 
-    def forward_backward(s):
-        shard = order[s.start, s.stop]
+    def forward_backward(piece):
+        shard, s = piece  # the shard's number (its place in the sum) and its slice of the batch
         try:
             x_t = diffusion.q_sample(x[s], t[s], noise[s])
             out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
@@ -55,7 +54,7 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
             total.fail()  # so that no other worker waits for this one's gradients forever
             raise
 
-    shards = parallel.map(forward_backward, N)
+    shards = parallel.each(forward_backward, list(enumerate(parallel.shards(N))))
     grads = total.total
     gnorm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     stats = {k: float(sum(float(p[k].sum()) for p in shards) / N) for k in ("loss", "mse", "vb") if k in shards[0]}

@@ -91,7 +91,8 @@ def softmax_backward(dout, cache):
     # y = exp(x) / sum(exp(x))  =>  dx = y * (dout - sum(dout * y))
     xp = get_array_module(y)
     # the row sums of dout * y without a temporary of their size (einsum: one fused pass)
-    row = xp.expand_dims(xp.einsum("...k,...k->...", xp.moveaxis(dout, axis, -1), xp.moveaxis(y, axis, -1)), axis)
+    row = xp.einsum("...k,...k->...", xp.moveaxis(dout, axis, -1), xp.moveaxis(y, axis, -1))
+    row = xp.expand_dims(row, axis)
     dx = dout - row
     dx *= y
     return dx
