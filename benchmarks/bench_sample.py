@@ -1,5 +1,5 @@
 """Sampling throughput of minidit: images per second of 250-step DDPM with classifier-free
-guidance (scale 4, the paper's picture setting) through minidit.sample.generate.
+guidance (scale 4, the paper's picture setting) through minidit.training.sample.generate.
 
     python benchmarks/bench_sample.py [--quick] [--model minidit-Tiny/4] [--images 64]
                                       [--steps 250] [--ckpt runs/tiny] [--device cpu|gpu] [--json out.json]
@@ -28,7 +28,7 @@ def weights(name, ckpt, device):
     from minidit.backend import to_device
     from minidit.model import get_config, init_params
     if ckpt:
-        from minidit.sample import load_model
+        from minidit.training.checkpoint import load_model
         params, cfg, _ = load_model(ckpt, device=device)
         return params, cfg
     cfg = get_config(name)
@@ -67,10 +67,10 @@ def main(argv=None):
             return 0
     import numpy as np
     from minidit.flops import forward_macs
-    from minidit.sample import generate
+    from minidit.training.sample import generate
     params, cfg = weights(args.model, args.ckpt, args.device)
     labels = np.arange(images) % cfg.num_classes
-    from minidit.parallel import resolve_workers
+    from minidit.training.parallel import resolve_workers
     workers = resolve_workers(args.workers, images, args.device)
     generate(params, cfg, labels[:2], 2, "ddpm", args.cfg_scale, seed=0, device=args.device,
              workers=workers)  # warm-up

@@ -4,7 +4,7 @@ process, interleaved, plus peak memory and model-FLOP utilisation.
     python benchmarks/bench_train.py [--quick] [--configs DiT-S/2:8,minidit-Tiny/4:64]
                                      [--repeats 7] [--threads N] [--device cpu|gpu] [--json out.json]
 
-A training step is minidit.train.train_step (t and noise drawn, label dropout, forward, hybrid
+A training step is minidit.training.train.train_step (t and noise drawn, label dropout, forward, hybrid
 loss, backward, AdamW lr 1e-4, EMA 0.9999) against torch_dit.train_step doing the same work with
 torch.optim.AdamW and autograd. Both start from the same float32 weights. See benchmarks/README.md.
 """
@@ -47,9 +47,9 @@ def build(name, batch, device, framework, train=True, seed=0, workers=1):
     from minidit.backend import Generator, get_array_module
     from minidit.diffusion import create_diffusion
     from minidit.model import dit_apply, get_config, init_params
-    from minidit.optim import AdamW, init_ema
-    from minidit.parallel import DataParallel
-    from minidit.train import train_step
+    from minidit.training.optim import AdamW, init_ema
+    from minidit.training.parallel import DataParallel
+    from minidit.training.train import train_step
     cfg = get_config(name, input_size=32)
     params = init_params(cfg, seed=seed, device=device)
     rng = Generator(seed, device=device)
@@ -68,13 +68,13 @@ def build(name, batch, device, framework, train=True, seed=0, workers=1):
 
         def forward():
             with DataParallel(workers) as parallel:
-                parts = parallel.map(lambda s: dit_apply(params, x[s], t[s], y[s], cfg), batch)
+                parts = parallel.each(lambda s: dit_apply(params, x[s], t[s], y[s], cfg), parallel.shards(batch))
             return parts[0] if len(parts) == 1 else get_array_module(parts[0]).concatenate(parts)
         return step, forward, cfg
     import torch
     import torch_dit
     from minidit.backend import to_numpy
-    from minidit.checkpoint import to_official
+    from minidit.official import to_official
     dev = "cuda" if device == "gpu" else "cpu"
     model = torch_dit.build_model(cfg).to(dev)
     model.load_state_dict(torch_dit.state_dict_from_numpy(to_official(params, cfg)), strict=True)

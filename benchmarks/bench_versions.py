@@ -6,12 +6,13 @@ measurement for a change that is meant to make minidit faster.
 
 The base is any git revision: its `minidit/` package is exported with `git archive` into a
 temporary folder and imported under the name `minidit_base`, next to the working tree's
-`minidit`. Both build the same model from the same seed; their training steps (minidit.train.
-train_step: forward, hybrid loss, backward, AdamW, EMA) then alternate, so a busy or noisy
+`minidit`. Both build the same model from the same seed; their training steps (train_step:
+forward, hybrid loss, backward, AdamW, EMA) then alternate, so a busy or noisy
 machine slows both alike, and the table reports the median of each and new / base.
 """
 import argparse
 import importlib
+import importlib.util
 import json
 import re
 import statistics
@@ -51,8 +52,12 @@ def export_base(rev, into):
 
 def build(pkg, name, batch, workers):
     """A no-argument training step of config `name` at batch `batch`, built with package `pkg`."""
-    mod = {m: importlib.import_module(f"{pkg}.{m}")
-           for m in ("backend", "model", "optim", "diffusion", "parallel", "train")}
+    # the package layout of issue 13 (minidit/training/...), or the flat one of older revisions
+    where = {"backend": "backend", "model": "model", "diffusion": "diffusion", "optim": "training.optim",
+             "parallel": "training.parallel", "train": "training.train"}
+    if importlib.util.find_spec(f"{pkg}.training") is None:
+        where.update(optim="optim", parallel="parallel", train="train")
+    mod = {m: importlib.import_module(f"{pkg}.{path}") for m, path in where.items()}
     small = {} if name.startswith("DiT-") else dict(in_channels=3, num_classes=10)
     cfg = mod["model"].get_config(name, input_size=32, **small)
     params = mod["model"].init_params(cfg, seed=0)

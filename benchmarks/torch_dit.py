@@ -189,7 +189,7 @@ def build_model(cfg, fused_attn=True):
 
 
 def state_dict_from_numpy(sd):
-    """{name: NumPy array} (e.g. minidit.checkpoint.to_official) -> {name: tensor}."""
+    """{name: NumPy array} (e.g. minidit.official.to_official) -> {name: tensor}."""
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
 
@@ -298,7 +298,7 @@ def update_ema(ema_model, model, decay=0.9999):
 
 
 def train_step(model, ema, opt, diffusion, x, y, ema_decay=0.9999, t=None, noise=None):
-    """One step of DiT's train.py, as minidit.train.train_step: t ~ U{0..T-1}, noise, forward
+    """One step of DiT's train.py, as minidit.training.train.train_step: t ~ U{0..T-1}, noise, forward
     (label dropout inside the model in train mode), hybrid loss, backward, AdamW, EMA.
     t and noise are drawn with torch unless given. Returns the batch means and the grad norm."""
     if t is None:

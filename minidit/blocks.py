@@ -1,12 +1,21 @@
-"""The four DiT block designs of paper section 3.2 (PAPER.md 1.5 and 1.10) and the final layer.
+"""The DiT block designs of paper section 3.2 (PAPER.md 1.5 and 1.10), their registry, and the
+final layer.
 
-Each block is a forward/backward pair over a flat parameter dict `P` whose keys start with the
-block's prefix (for example "blocks.3."). `cond` is what conditions the block:
-  - adaLN-Zero, adaLN: c = t_emb + y_emb, (N, D), regressed into shifts, scales (and gates);
-  - cross-attention:   the sequence [t_emb, y_emb], (N, 2, D), read by a cross-attention layer;
-  - in-context:        None (t_emb and y_emb travel as two extra tokens of x).
-Backward functions return (dx, dcond, grads) with grads keyed like P.
+A design is one `BlockDesign` record in `BLOCK_DESIGNS`: its forward and backward, the shapes of
+its parameters, which of them the paper initialises to zero, its multiply-adds, and how it lets
+the blocks see the timestep and label embeddings (its conditioning):
+  - adaLN-Zero, adaLN: cond = c = t_emb + y_emb, (N, D), regressed into shifts, scales (and gates);
+  - cross-attention:   cond = [t_emb, y_emb], (N, 2, D), read by a cross-attention layer;
+  - in-context:        t_emb and y_emb travel as two extra tokens of x; cond is None.
+The model, the initialisation, the Gflops count and the experiments read these records and
+nothing else, so a new design is one more `register_design(...)` call (README, "Adding a block
+design"). Backward functions return (dx, dcond, grads), grads keyed like the parameters.
 """
+import contextlib
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
 from .backend import get_array_module
 from .layers import (attention_backward, attention_forward, cross_attention_backward,
                      cross_attention_forward, gated_residual_backward, gated_residual_forward,
@@ -15,8 +24,74 @@ from .layers import (attention_backward, attention_forward, cross_attention_back
                      silu_backward, silu_forward)
 
 LN_EPS = 1e-6  # every LayerNorm of DiT (PAPER.md 1.5)
-BLOCK_DESIGNS = ("in-context", "cross-attention", "adaLN", "adaLN-Zero")
 
+
+@dataclass(frozen=True)
+class BlockDesign:
+    """One way of conditioning a transformer block on t and y (paper section 3.2, Figure 3).
+
+    forward(P, pre, x, cond, num_heads) -> out, cache, where P holds the parameters under the
+        block's prefix `pre` ("blocks.3."); x (N, T', D) with T' = T + extra_tokens.
+    backward(dout, cache) -> dx, dcond (None when cond is None), grads keyed like P.
+    param_shapes(D, mlp_hidden) -> {key after the prefix: shape}, in initialisation order.
+    zero_init: keys (after the prefix) the paper initialises to zero.
+    macs(T, D, mlp_hidden) -> multiply-adds of one block for one image of T image tokens.
+    condition(h, t_emb, y_emb) -> (h', cond): the token sequence and conditioning the blocks see.
+    condition_backward(dh', dcond) -> (dh, dt_emb, dy_emb): the gradient of `condition`.
+    extra_tokens: tokens `condition` appends to h; they are dropped before the final layer.
+    adaptive_final: whether the final layer is modulated by c = t_emb + y_emb (PAPER.md 1.6).
+    """
+    name: str
+    forward: Callable
+    backward: Callable
+    param_shapes: Callable
+    zero_init: tuple
+    macs: Callable
+    condition: Callable
+    condition_backward: Callable
+    extra_tokens: int = 0
+    adaptive_final: bool = True
+
+
+BLOCK_DESIGNS = {}  # name -> BlockDesign, in the order of the paper's Table 4
+
+
+def register_design(design):
+    """Add a design to the registry (DiTConfig(block=design.name) then builds it); returns it."""
+    if design.name in BLOCK_DESIGNS:
+        raise ValueError(f"a block design called {design.name!r} is already registered")
+    BLOCK_DESIGNS[design.name] = design
+    return design
+
+
+@contextlib.contextmanager
+def registered(design):
+    """Register a design for the duration of a `with` block (tests and notebooks)."""
+    register_design(design)
+    try:
+        yield design
+    finally:
+        del BLOCK_DESIGNS[design.name]
+
+
+def get_design(name):
+    """The registered design called `name`; a clear error names the known ones."""
+    if name not in BLOCK_DESIGNS:
+        raise ValueError(f"unknown block design {name!r}: choose one of {tuple(BLOCK_DESIGNS)}")
+    return BLOCK_DESIGNS[name]
+
+
+def block_forward(design, P, pre, x, cond, num_heads):
+    """One block of the named design: get_design(design).forward(...)."""
+    return get_design(design).forward(P, pre, x, cond, num_heads)
+
+
+def block_backward(design, dout, cache):
+    """The backward of one block of the named design: (dx, dcond, grads)."""
+    return get_design(design).backward(dout, cache)
+
+
+# Shared pieces ---------------------------------------------------------------------------------
 
 def _attn(P, pre, x, nh):
     return attention_forward(x, P[pre + "attn.qkv.w"], P[pre + "attn.qkv.b"],
@@ -38,6 +113,32 @@ def _mlp_back(dm, cache, pre, g):
         mlp_backward(dm, cache)
     return dx
 
+
+def _linear_shapes(name, din, dout):
+    return {name + ".w": (din, dout), name + ".b": (dout,)}
+
+
+def _transformer_shapes(D, H, norms=False, cross=False):
+    """attn, mlp and (for the ViT blocks) the affine LayerNorms norm1..3, in forward order."""
+    s = {}
+    ln = lambda name: {name + ".w": (D,), name + ".b": (D,)}  # noqa: E731  gamma, beta
+    s.update(ln("norm1") if norms else {})
+    s.update(_linear_shapes("attn.qkv", D, 3 * D), **_linear_shapes("attn.proj", D, D))
+    s.update(ln("norm2") if norms else {})
+    if cross:
+        for n in ("q", "k", "v", "proj"):
+            s.update(_linear_shapes("cross_attn." + n, D, D))
+        s.update(ln("norm3"))
+    s.update(_linear_shapes("mlp.fc1", D, H), **_linear_shapes("mlp.fc2", H, D))
+    return s
+
+
+def _transformer_macs(T, D, H):
+    """qkv and output projections, q k^T and p v, fc1 and fc2 for T tokens."""
+    return T * D * 3 * D + T * D * D + 2 * T * T * D + 2 * T * D * H
+
+
+# adaLN-Zero and adaLN -------------------------------------------------------------------------
 
 def adaln_block_forward(P, pre, x, c, num_heads, gated=True):
     """adaLN-Zero (gated=True) or adaLN (gated=False) block. x (N, T, D), c (N, D) -> (N, T, D).
@@ -92,6 +193,18 @@ def adaln_block_backward(dout, cache):
     dc = silu_backward(dsc, c_silu)
     return dx, dc, g
 
+
+def sum_condition(h, t_emb, y_emb):
+    """c = t_emb + y_emb (N, D): a sum, not a concatenation (PAPER.md 1.4)."""
+    return h, t_emb + y_emb
+
+
+def sum_condition_backward(dh, dc):
+    # c = t_emb + y_emb
+    return dh, dc, dc
+
+
+# in-context and cross-attention: standard ViT blocks --------------------------------------------
 
 def _ln_affine(P, pre, name, x):
     return layernorm_forward(x, P[pre + name + ".w"], P[pre + name + ".b"], eps=LN_EPS)
@@ -148,54 +261,58 @@ def vit_block_backward(dout, cache):
     return dx, dctx, g
 
 
-def block_forward(design, P, pre, x, cond, num_heads):
-    """Dispatch on the block design; see the module docstring for `cond`."""
-    if design == "adaLN-Zero":
-        return adaln_block_forward(P, pre, x, cond, num_heads, gated=True)
-    if design == "adaLN":
-        return adaln_block_forward(P, pre, x, cond, num_heads, gated=False)
-    if design in ("in-context", "cross-attention"):
-        return vit_block_forward(P, pre, x, cond, num_heads)
-    raise ValueError(f"unknown block design {design!r}: choose one of {BLOCK_DESIGNS}")
+def token_condition(h, t_emb, y_emb):
+    """In-context: the two embeddings become tokens T and T + 1 of the sequence, (N, T + 2, D)."""
+    xp = get_array_module(h)
+    return xp.concatenate([h, t_emb[:, None], y_emb[:, None]], axis=1), None
 
 
-def block_backward(design, dout, cache):
-    if design in ("adaLN-Zero", "adaLN"):
-        return adaln_block_backward(dout, cache)
-    return vit_block_backward(dout, cache)
+def token_condition_backward(dh, dcond):
+    # h' = concat([h, t_emb, y_emb], tokens)
+    return dh[:, :-2], dh[:, -2], dh[:, -1]
 
 
-def final_layer_forward(P, x, c, adaptive):
-    """Decoder of paper section 3.2: LN(x) (modulated by c when adaptive) -> Linear(D -> p*p*C_out).
-
-    x (N, T, D), c (N, D) -> (N, T, p*p*C_out). The unpatchify that follows lives in the model.
-    """
-    xp = get_array_module(x)
-    h, c_ln = layernorm_forward(x, eps=LN_EPS)
-    c_silu = c_mod = c_m = None
-    if adaptive:
-        sc, c_silu = silu_forward(c)
-        mod, c_mod = linear_forward(sc, P["final_layer.adaLN_modulation.1.w"],
-                                    P["final_layer.adaLN_modulation.1.b"])
-        shift, scale = xp.split(mod, 2, axis=1)  # chunk order [shift, scale] (PAPER.md 1.6)
-        h, c_m = modulate_forward(h, shift, scale)
-    out, c_lin = linear_forward(h, P["final_layer.linear.w"], P["final_layer.linear.b"])
-    return out, (c_ln, c_silu, c_mod, c_m, c_lin)
+def sequence_condition(h, t_emb, y_emb):
+    """Cross-attention: the embeddings form a separate sequence of length 2, (N, 2, D)."""
+    return h, get_array_module(h).stack([t_emb, y_emb], axis=1)
 
 
-def final_layer_backward(dout, cache):
-    """dout (N, T, p*p*C_out) -> dx (N, T, D), dc (N, D) or None, grads."""
-    c_ln, c_silu, c_mod, c_m, c_lin = cache
-    xp = get_array_module(dout)
-    g = {}
-    # out = h @ W + b
-    dh, g["final_layer.linear.w"], g["final_layer.linear.b"] = linear_backward(dout, c_lin)
-    dc = None
-    if c_m is not None:
-        # h = modulate(LN(x), shift, scale), [shift, scale] = silu(c) @ W_ada + b_ada
-        dh, dshift, dscale = modulate_backward(dh, c_m)
-        dsc, g["final_layer.adaLN_modulation.1.w"], g["final_layer.adaLN_modulation.1.b"] = \
-            linear_backward(xp.concatenate([dshift, dscale], axis=1), c_mod)
-        dc = silu_backward(dsc, c_silu)
-    # h = LN(x)
-    return layernorm_backward(dh, c_ln)[0], dc, g
+def sequence_condition_backward(dh, dcond):
+    # cond = stack([t_emb, y_emb], axis=1)
+    return dh, dcond[:, 0], dcond[:, 1]
+
+
+def _cross_attention_macs(T, D, H, S=2):
+    """The self-attention block plus a cross-attention layer against the S = 2 context tokens."""
+    return _transformer_macs(T, D, H) + 2 * T * D * D + 2 * S * D * D + 2 * T * S * D
+
+
+# The registry: the four designs of Table 4 ------------------------------------------------------
+
+_ADALN_ZERO_KEYS = ("adaLN_modulation.1.w", "adaLN_modulation.1.b")
+
+register_design(BlockDesign(
+    "in-context", vit_block_forward, vit_block_backward,
+    param_shapes=partial(_transformer_shapes, norms=True), zero_init=(),
+    macs=lambda T, D, H: _transformer_macs(T + 2, D, H),  # the blocks see two more tokens
+    condition=token_condition, condition_backward=token_condition_backward,
+    extra_tokens=2, adaptive_final=False))
+register_design(BlockDesign(
+    "cross-attention", vit_block_forward, vit_block_backward,
+    param_shapes=partial(_transformer_shapes, norms=True, cross=True), zero_init=(),
+    macs=_cross_attention_macs,
+    condition=sequence_condition, condition_backward=sequence_condition_backward,
+    adaptive_final=False))
+register_design(BlockDesign(
+    "adaLN", partial(adaln_block_forward, gated=False), adaln_block_backward,
+    param_shapes=lambda D, H: {**_transformer_shapes(D, H), **_linear_shapes("adaLN_modulation.1", D, 4 * D)},
+    zero_init=(),  # adaLN keeps the standard (xavier) initialisation
+    macs=lambda T, D, H: _transformer_macs(T, D, H) + 4 * D * D,
+    condition=sum_condition, condition_backward=sum_condition_backward))
+register_design(BlockDesign(
+    "adaLN-Zero", partial(adaln_block_forward, gated=True), adaln_block_backward,
+    param_shapes=lambda D, H: {**_transformer_shapes(D, H), **_linear_shapes("adaLN_modulation.1", D, 6 * D)},
+    zero_init=_ADALN_ZERO_KEYS,  # every block starts as the identity
+    macs=lambda T, D, H: _transformer_macs(T, D, H) + 6 * D * D,
+    condition=sum_condition, condition_backward=sum_condition_backward))
+

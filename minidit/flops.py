@@ -36,25 +36,12 @@ def count_params(cfg):
 def forward_macs(cfg):
     """Multiply-accumulates of one forward pass of one image (every linear, the patch embedding
     and the two attention products; element-wise work is not counted)."""
-    D, T, L, p = cfg.hidden_size, cfg.num_tokens, cfg.depth, cfg.patch_size
-    Hm = cfg.mlp_hidden
+    D, T, p = cfg.hidden_size, cfg.num_tokens, cfg.patch_size
     macs = T * cfg.in_channels * p * p * D  # patch embedding
     macs += FREQ_DIM * D + D * D  # timestep MLP (the label table is a lookup: 0 MACs)
-    Tb = T + 2 if cfg.block == "in-context" else T  # in-context blocks see two more tokens
-    per_block = Tb * D * 3 * D + Tb * D * D  # qkv and output projections
-    per_block += 2 * Tb * Tb * D  # q k^T and p v
-    per_block += 2 * Tb * D * Hm  # fc1 and fc2
-    if cfg.block == "adaLN-Zero":
-        per_block += 6 * D * D
-    elif cfg.block == "adaLN":
-        per_block += 4 * D * D
-    elif cfg.block == "cross-attention":
-        S = 2  # the conditioning sequence [t_emb, y_emb]
-        per_block += T * D * D + 2 * S * D * D + T * D * D  # q, k and v, output projections
-        per_block += 2 * T * S * D  # q k^T and p v against 2 keys
-    macs += L * per_block
-    if cfg.adaptive_final:
-        macs += 2 * D * D
+    macs += cfg.depth * cfg.design.macs(T, D, cfg.mlp_hidden)  # the blocks (minidit.blocks)
+    if cfg.design.adaptive_final:
+        macs += 2 * D * D  # the final layer's adaLN regression
     macs += T * D * p * p * cfg.out_channels  # final linear decoder
     return macs
 
@@ -89,11 +76,14 @@ def paper_table():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Parameters and Gflops of DiT models, against the paper.")
+    ap = argparse.ArgumentParser(prog="python -m minidit.flops",
+                                 description="Parameters and Gflops of DiT models, against the paper.")
     ap.add_argument("--model", help="print one model (any name of minidit.model.DiT_models) instead")
     ap.add_argument("--block", default=None, help="block design for --model")
     ap.add_argument("--input-size", type=int, default=None, help="latent/pixel side for --model")
     args = ap.parse_args(argv)
+    if not args.model and (args.block or args.input_size):
+        ap.error("--block and --input-size describe the model given with --model")
     if args.model:
         if args.model not in DiT_models:
             ap.error(f"unknown model {args.model!r}; known: {', '.join(DiT_models)}")

@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .backend import get_array_module, to_device
-from .blocks import (BLOCK_DESIGNS, block_backward, block_forward, final_layer_backward,
-                     final_layer_forward)
-from .layers import (drop_labels, get_2d_sincos_pos_embed, label_embed_backward,
-                     label_embed_forward, patch_embed_backward, patch_embed_forward,
-                     timestep_embedder_backward, timestep_embedder_forward, unpatchify_backward,
-                     unpatchify_forward)
+from .blocks import LN_EPS, get_design
+from .layers import (drop_labels, final_layer_backward, final_layer_forward, get_2d_sincos_pos_embed,
+                     label_embed_backward, label_embed_forward, patch_embed_backward,
+                     patch_embed_forward, timestep_embedder_backward, timestep_embedder_forward,
+                     unpatchify_hwc_backward, unpatchify_hwc_forward)
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features (PAPER.md 1.3)
 
@@ -43,9 +42,10 @@ class DiTConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"DiTConfig.{f} must be a positive integer, got {v!r}")
-        if self.block not in BLOCK_DESIGNS:
-            raise ValueError(f"DiTConfig.block: unknown block design {self.block!r}; "
-                             f"choose one of {BLOCK_DESIGNS}")
+        try:
+            get_design(self.block)
+        except ValueError as e:
+            raise ValueError(f"DiTConfig.block: {e}") from None
         if self.hidden_size % self.num_heads:
             raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} is not divisible by "
                              f"num_heads={self.num_heads}")
@@ -82,8 +82,9 @@ class DiTConfig:
         return self.num_classes + int(self.class_dropout_prob > 0)
 
     @property
-    def adaptive_final(self):
-        return self.block in ("adaLN", "adaLN-Zero")
+    def design(self):
+        """The BlockDesign record of self.block (minidit.blocks)."""
+        return get_design(self.block)
 
     def replace(self, **kw):
         return DiTConfig(**{**asdict(self), **kw})
@@ -131,34 +132,18 @@ def get_config(name, **overrides):
 
 def param_shapes(cfg):
     """{key: shape} of every trainable parameter, keys following the official module paths."""
-    D, C, p, H = cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.mlp_hidden
+    D, C, p = cfg.hidden_size, cfg.in_channels, cfg.patch_size
     s = {"x_embedder.proj.w": (C * p * p, D), "x_embedder.proj.b": (D,),
          "t_embedder.mlp.0.w": (FREQ_DIM, D), "t_embedder.mlp.0.b": (D,),
          "t_embedder.mlp.2.w": (D, D), "t_embedder.mlp.2.b": (D,),
          "y_embedder.embedding_table.w": (cfg.num_embeddings, D)}
-
-    def lin(name, din, dout):
-        s[name + ".w"], s[name + ".b"] = (din, dout), (dout,)
-
+    block = cfg.design.param_shapes(D, cfg.mlp_hidden)
     for i in range(cfg.depth):
-        pre = f"blocks.{i}."
-        if cfg.block in ("in-context", "cross-attention"):
-            lin(pre + "norm1", 1, D), lin(pre + "norm2", 1, D)
-        lin(pre + "attn.qkv", D, 3 * D), lin(pre + "attn.proj", D, D)
-        if cfg.block == "cross-attention":
-            for n in ("q", "k", "v", "proj"):
-                lin(pre + "cross_attn." + n, D, D)
-            lin(pre + "norm3", 1, D)
-        lin(pre + "mlp.fc1", D, H), lin(pre + "mlp.fc2", H, D)
-        if cfg.block == "adaLN-Zero":
-            lin(pre + "adaLN_modulation.1", D, 6 * D)
-        elif cfg.block == "adaLN":
-            lin(pre + "adaLN_modulation.1", D, 4 * D)
-    for k in [k for k in s if ".norm" in k and k.endswith(".w")]:
-        s[k] = (D,)  # LayerNorm affine: gamma (D,), beta (D,)
-    if cfg.adaptive_final:
-        lin("final_layer.adaLN_modulation.1", D, 2 * D)
-    lin("final_layer.linear", D, p * p * cfg.out_channels)
+        s.update({f"blocks.{i}.{k}": shape for k, shape in block.items()})
+    if cfg.design.adaptive_final:
+        s.update({"final_layer.adaLN_modulation.1.w": (D, 2 * D), "final_layer.adaLN_modulation.1.b": (2 * D,)})
+    s.update({"final_layer.linear.w": (D, p * p * cfg.out_channels),
+              "final_layer.linear.b": (p * p * cfg.out_channels,)})
     return s
 
 
@@ -167,8 +152,9 @@ def init_params(cfg, seed=0, dtype=np.float32, device=None):
 
     Every linear weight: xavier-uniform over the whole matrix, bias 0 (the patch embedding as a
     (C*p*p, D) linear too); label table and timestep-MLP weights: normal(0, 0.02); LayerNorm
-    affine: gamma 1, beta 0; adaLN-Zero's block modulation layers, the final adaLN layer and the
-    final linear layer: 0. The draws are NumPy's, so values differ from PyTorch's for one seed.
+    affine: gamma 1, beta 0; the keys the block design lists in `zero_init` (adaLN-Zero's block
+    modulation layers), the final adaLN layer and the final linear layer: 0. The draws are
+    NumPy's, so values differ from PyTorch's for one seed.
     """
     rng = np.random.default_rng(seed)
     P = {}
@@ -181,9 +167,9 @@ def init_params(cfg, seed=0, dtype=np.float32, device=None):
             bound = math.sqrt(6.0 / (shape[0] + shape[1]))
             v = rng.uniform(-bound, bound, shape)
         P[k] = v
+    zero = {f"blocks.{i}.{k}" for i in range(cfg.depth) for k in cfg.design.zero_init}
     for k in P:
-        zero = k.startswith("final_layer.") or (cfg.block == "adaLN-Zero" and ".adaLN_modulation." in k)
-        if zero:
+        if k.startswith("final_layer.") or k in zero:  # every design's decoder starts at zero
             P[k] = np.zeros_like(P[k])
     return {k: to_device(v.astype(dtype), device) for k, v in P.items()}
 
@@ -223,45 +209,43 @@ def _check_inputs(x, t, y, cfg):
         raise ValueError(f"dit_forward: t {tuple(t.shape)} and y {tuple(y.shape)} must both be ({N},)")
 
 
+# the final layer's parameters, in the order final_layer_forward takes them and its backward returns
+_FINAL = ("final_layer.linear.w", "final_layer.linear.b", "final_layer.adaLN_modulation.1.w",
+          "final_layer.adaLN_modulation.1.b")
+
+
 def dit_forward(params, x, t, y, cfg, keep_cache=True):
     """x (N, C, I, I), t (N,) timesteps, y (N,) labels in [0, K] -> out (N, C_out, I, I), cache.
 
     keep_cache=False (forward only, as in sampling) lets each block's activations go as soon as
     the next block has run, instead of holding every block's until a backward; cache is None.
     """
-    P = params
+    P, design = params, cfg.design
     xp = get_array_module(x)
     _check_inputs(x, t, y, cfg)
-    nh = cfg.num_heads
     h, c_x = patch_embed_forward(x, P["x_embedder.proj.w"], P["x_embedder.proj.b"], cfg.patch_size)
     h = h + pos_embed(cfg, xp, x.dtype)  # (N, T, D), fixed table, no gradient
     t_emb, c_t = timestep_embedder_forward(t, P["t_embedder.mlp.0.w"], P["t_embedder.mlp.0.b"],
                                            P["t_embedder.mlp.2.w"], P["t_embedder.mlp.2.b"], FREQ_DIM)
     y_emb, c_y = label_embed_forward(y, P["y_embedder.embedding_table.w"])
-    c = t_emb + y_emb  # (N, D): a sum, not a concatenation (PAPER.md 1.4)
-    if cfg.block == "in-context":
-        h = xp.concatenate([h, t_emb[:, None], y_emb[:, None]], axis=1)  # (N, T + 2, D)
-        cond = None
-    elif cfg.block == "cross-attention":
-        cond = xp.stack([t_emb, y_emb], axis=1)  # (N, 2, D)
-    else:
-        cond = c
+    c = t_emb + y_emb  # (N, D): a sum, not a concatenation (PAPER.md 1.4), for the final layer
+    h, cond = design.condition(h, t_emb, y_emb)  # what the blocks see of t and y (blocks.py)
     c_blocks = []
     for i in range(cfg.depth):  # the only Python loop of the model: over blocks
-        h, cb = block_forward(cfg.block, P, f"blocks.{i}.", h, cond, nh)
+        h, cb = design.forward(P, f"blocks.{i}.", h, cond, cfg.num_heads)
         if keep_cache:
             c_blocks.append(cb)
-    if cfg.block == "in-context":
-        h = h[:, :-2]  # drop the two conditioning tokens
-    tok, c_final = final_layer_forward(P, h, c, cfg.adaptive_final)
-    out, c_un = unpatchify_forward(tok, cfg.patch_size, cfg.out_channels, cfg.input_size, cfg.input_size)
+    h = h[:, :cfg.num_tokens]  # the image tokens (in-context appended two more)
+    n_final = 4 if design.adaptive_final else 2  # a plain final layer has no adaLN weights
+    tok, c_final = final_layer_forward(h, c, *(P[k] for k in _FINAL[:n_final]), eps=LN_EPS)
+    out, c_un = unpatchify_hwc_forward(tok, cfg.patch_size, cfg.out_channels, cfg.input_size, cfg.input_size)
     if not keep_cache:
         return out, None
     return out, dict(cfg=cfg, c_x=c_x, c_t=c_t, c_y=c_y, c_blocks=c_blocks, c_final=c_final, c_un=c_un)
 
 
 def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
-    """dout (N, C_out, I, I) -> (grads keyed like params, dx (N, C, I, I) or None).
+    """dout (N, C_out, I, I) -> dx (N, C, I, I) or None, grads keyed like params.
 
     Training needs no gradient for the input image: need_dx=False skips that product.
     release=True drops each block's cache as soon as its backward is done, so the activations
@@ -269,9 +253,10 @@ def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
     sink: a function to hand each group of finished gradients to (a dict: the final layer's,
     then each block's from the last to the first, then the embedders'), as soon as the
     backward has it; the returned grads are then empty. Data-parallel training uses it to sum
-    the workers' gradients while the backward still runs (minidit.train).
+    the workers' gradients while the backward still runs (minidit.training.parallel.GradientSum).
     """
     cfg = cache["cfg"]
+    design = cfg.design
     xp = get_array_module(dout)
     g = {}
 
@@ -282,35 +267,29 @@ def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
             sink(group)
 
     # out = unpatchify(tok)
-    dtok = unpatchify_backward(dout, cache["c_un"])
+    dtok = unpatchify_hwc_backward(dout, cache["c_un"])
     # tok = final_layer(h, c)
-    dh, dc, gf = final_layer_backward(dtok, cache["c_final"])
-    hand_over(gf)
-    if cfg.block == "in-context":
-        # h = h_full[:, :-2]: the conditioning tokens get no gradient from the decoder
+    dh, dc, *gf = final_layer_backward(dtok, cache["c_final"])
+    hand_over({k: v for k, v in zip(_FINAL, gf) if v is not None})
+    if design.extra_tokens:
+        # h = h_all[:, :T]: the conditioning tokens get no gradient from the decoder
         N, T, D = dh.shape
-        dh = xp.concatenate([dh, xp.zeros((N, 2, D), dtype=dh.dtype)], axis=1)
-    # c feeds every block (and the final layer): its gradient is the sum over all of them,
-    # accumulated here, block by block, in reverse order
+        dh = xp.concatenate([dh, xp.zeros((N, design.extra_tokens, D), dtype=dh.dtype)], axis=1)
+    # cond feeds every block: its gradient is the sum over all of them, accumulated here,
+    # block by block, in reverse order
     dcond = None
     for i in reversed(range(cfg.depth)):
-        dh, dcb, gb = block_backward(cfg.block, dh, cache["c_blocks"][i])
+        dh, dcb, gb = design.backward(dh, cache["c_blocks"][i])
         if release:
             cache["c_blocks"][i] = None
         hand_over(gb)
         if dcb is not None:
             dcond = dcb if dcond is None else dcond + dcb
-    if cfg.block == "in-context":
-        # h_full = concat([h, t_emb, y_emb], tokens)
-        dt_emb, dy_emb, dh = dh[:, -2], dh[:, -1], dh[:, :-2]
-    elif cfg.block == "cross-attention":
-        # cond = stack([t_emb, y_emb], axis=1)
-        dt_emb, dy_emb = dcond[:, 0], dcond[:, 1]
-    else:
-        dc = dc + dcond  # the final layer's share plus every block's
-    if cfg.block in ("adaLN", "adaLN-Zero"):
-        # c = t_emb + y_emb
-        dt_emb = dy_emb = dc
+    # h_all, cond = condition(h, t_emb, y_emb)
+    dh, dt_emb, dy_emb = design.condition_backward(dh, dcond)
+    if dc is not None:
+        # c = t_emb + y_emb feeds the adaptive final layer too
+        dt_emb, dy_emb = dc + dt_emb, dc + dy_emb
     ge = {}
     (ge["t_embedder.mlp.0.w"], ge["t_embedder.mlp.0.b"], ge["t_embedder.mlp.2.w"],
      ge["t_embedder.mlp.2.b"]) = timestep_embedder_backward(dt_emb, cache["c_t"])
@@ -318,63 +297,9 @@ def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
     # h = patch_embed(x) + pos_embed
     dx, ge["x_embedder.proj.w"], ge["x_embedder.proj.b"] = patch_embed_backward(dh, cache["c_x"], need_dx)
     hand_over(ge)
-    return g, dx
+    return dx, g
 
 
 def dit_apply(params, x, t, y, cfg):
     """Forward only, without keeping a cache for the backward (sampling)."""
     return dit_forward(params, x, t, y, cfg, keep_cache=False)[0]
-
-
-def forward_with_cfg(params, x, t, y, cfg_scale, cfg, guidance="all"):
-    """Classifier-free guidance on a doubled batch, as the official `forward_with_cfg`.
-
-    x = [z; z], t duplicated, y = [labels; K...K] (2n rows). The first half of x is run twice in
-    one batched forward, and eps_hat = eps_u + s (eps_c - eps_u) is written to both halves.
-    guidance="all": every noise channel is guided (the paper's equation; our default).
-    guidance="official": only channels 0..2 are guided and channel 3 plus the variance channels
-    pass through unguided, exactly as the released code (PAPER.md 1.7). For 3-channel (RGB)
-    models the two coincide on the noise channels.
-    Returns (2n, C_out, I, I).
-    """
-    xp = get_array_module(x)
-    half = x[: x.shape[0] // 2]
-    out = dit_apply(params, xp.concatenate([half, half], axis=0), t, y, cfg)
-    C = cfg.in_channels
-    if guidance == "all":
-        n_guided = C
-    elif guidance == "official":
-        n_guided = 3
-    elif isinstance(guidance, int) and 0 < guidance <= C:
-        n_guided = guidance
-    else:
-        raise ValueError(f"forward_with_cfg: guidance must be 'all', 'official' or 1..{C}, got {guidance!r}")
-    eps, rest = out[:, :n_guided], out[:, n_guided:]
-    cond_eps, uncond_eps = xp.split(eps, 2, axis=0)
-    half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
-    eps = xp.concatenate([half_eps, half_eps], axis=0)
-    return xp.concatenate([eps, rest], axis=1)
-
-
-def make_model_fn(params, cfg, y, cfg_scale=1.0, guidance="all"):
-    """A sampler-ready function model_fn(x, t) -> (N, C_out, I, I) for class labels y (N,).
-
-    With cfg_scale > 1 it runs guidance: the batch is doubled with the null class K and the
-    guided first half is returned. With cfg_scale == 1 it is the plain conditional forward.
-    """
-    if cfg_scale < 1:
-        raise ValueError(f"guidance scale must be >= 1, got {cfg_scale}")
-    if cfg_scale > 1 and cfg.class_dropout_prob <= 0:
-        raise ValueError("classifier-free guidance needs a model trained with label dropout "
-                         "(class_dropout_prob > 0): it has no null class")
-
-    def model_fn(x, t):
-        xp = get_array_module(x)
-        if cfg_scale == 1:
-            return dit_apply(params, x, t, y, cfg)
-        null = xp.full_like(y, cfg.num_classes)
-        out = forward_with_cfg(params, xp.concatenate([x, x]), xp.concatenate([t, t]),
-                               xp.concatenate([y, null]), cfg_scale, cfg, guidance)
-        return out[: x.shape[0]]
-
-    return model_fn

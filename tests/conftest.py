@@ -7,6 +7,7 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from minidit import backend  # noqa: E402
+from minidit.model import DiTConfig, param_shapes  # noqa: E402
 
 _GPU = backend.gpu_available()
 
@@ -44,6 +45,35 @@ def gradcheck(name, forward, backward, arrays, tol, **kw):
 def randn(xp, rng, *shape, scale=1.0):
     """A float64 standard-normal array on the backend of `xp`."""
     return xp.asarray(scale * rng.standard_normal(shape))
+
+
+def tiny_dit(design="adaLN-Zero", **kw):
+    """A DiTConfig small enough for float64 gradient checks (8x8 input, 2 blocks of width 16)."""
+    base = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=16, depth=2, num_heads=2,
+                num_classes=5, block=design)
+    base.update(kw)
+    return DiTConfig(**base)
+
+
+def dit_inputs(xp, cfg, n=2, seed=0):
+    """x (n, C, I, I), t and y (the null class among them) for a DiT forward."""
+    rng = np.random.default_rng(seed)
+    x = xp.asarray(rng.standard_normal((n, cfg.in_channels, cfg.input_size, cfg.input_size)))
+    t = xp.asarray(np.array([3, 871, 0, 999][:n]))
+    y = xp.asarray(np.array([1, cfg.num_classes, 4, 0][:n]))  # includes the null class
+    return x, t, y
+
+
+def randomised_params(xp, cfg, seed=1, dtype=np.float64):
+    """Every parameter random (zero-initialised ones too), LayerNorm gains near 1."""
+    rng = np.random.default_rng(seed)
+    P = {}
+    for k, s in param_shapes(cfg).items():
+        v = 0.3 * rng.standard_normal(s)
+        if ".norm" in k and k.endswith(".w"):
+            v += 1.0
+        P[k] = xp.asarray(v.astype(dtype))
+    return P
 
 
 def pytest_terminal_summary(terminalreporter):

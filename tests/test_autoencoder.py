@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import gradcheck, randn
-from minidit import train_vae
-from minidit.autoencoder import (VAEConfig, decode_latents, encode_moments, init_params, load_vae_decoder,
+from minidit.latent import train_vae
+from minidit.latent.autoencoder import (VAEConfig, decode_latents, encode_moments, init_params, load_vae_decoder,
                                  load_vae_encoder, posterior_backward, posterior_forward, vae_backward,
                                  vae_config, vae_forward)
 from minidit.backend import Generator, to_numpy
-from minidit.checkpoint import load_checkpoint, save_checkpoint
-from minidit.optim import AdamW
+from minidit.training.checkpoint import checkpoints_of, load_checkpoint, save_checkpoint
+from minidit.training.optim import AdamW
 
 TINY_CFG = VAEConfig(base_channels=4, ch_mult=(1, 2), num_groups=2, z_channels=2)
 
@@ -58,7 +58,7 @@ def test_encode_decode_shapes(rng, f, size):
 
 
 def test_a_few_steps_lower_the_loss():
-    from minidit.data import load_dataset
+    from minidit.training.data import load_dataset
     cfg = VAEConfig(base_channels=8, ch_mult=(1, 2), num_groups=4)
     P = init_params(cfg, seed=0)
     opt = AdamW(P, lr=3e-3)
@@ -171,16 +171,16 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
         train_vae.main(base + ["--out", str(tmp_path / "bad"), *argv])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
-    assert not train_vae.checkpoints_of(tmp_path / "bad")
+    assert not checkpoints_of(tmp_path / "bad")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encoded_dataset_matches_encoding_each_batch(tmp_path, workers):
     """The once-encoded table gives the posterior sample_latents would draw for the same images,
     mirrored where the loader flipped them, with the same random draws."""
-    from minidit.autoencoder import EncodedDataset
-    from minidit.data import DataLoader, make_shapes
-    from minidit.parallel import DataParallel
+    from minidit.latent.autoencoder import EncodedDataset
+    from minidit.training.data import DataLoader, make_shapes
+    from minidit.training.parallel import DataParallel
     train_vae.run(_args(tmp_path, "--steps", "2"), log=lambda *a: None)
     enc = load_vae_encoder(tmp_path / "run" / "vae.npz")
     data = make_shapes(300, image_size=8, seed=3)           # more than one chunk of 256

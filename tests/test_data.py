@@ -1,13 +1,13 @@
-"""Tests for minidit.data and minidit.shapes: datasets, ADM's center crop, the batch stream (PAPER.md 4.1)."""
+"""Tests for minidit.training.data and minidit.training.shapes: datasets, ADM's center crop, the batch stream (PAPER.md 4.1)."""
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minidit import data
+from minidit.training import data
 from minidit.backend import Generator, to_numpy
-from minidit.data import (DataLoader, ImageDataset, center_crop_arr, load_dataset, load_image_folder,
+from minidit.training.data import (DataLoader, ImageDataset, center_crop_arr, load_dataset, load_image_folder,
                           make_shapes)
 
 

@@ -1,4 +1,4 @@
-"""Tests of minidit.diffusion and minidit.diffusion_losses (PAPER.md sections 3 and 5)."""
+"""Tests of minidit.diffusion and minidit.diffusion.losses (PAPER.md sections 3 and 5)."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from minidit.backend import Generator, get_array_module, to_numpy
 from minidit.diffusion import create_diffusion, get_named_beta_schedule, space_timesteps
-from minidit.diffusion_losses import (approx_standard_normal_cdf, approx_standard_normal_cdf_grad,
+from minidit.diffusion.losses import (approx_standard_normal_cdf, approx_standard_normal_cdf_grad,
                                       discretized_gaussian_log_likelihood,
                                       discretized_gaussian_log_likelihood_grad_log_scales,
                                       normal_kl, normal_kl_grad_logvar2)

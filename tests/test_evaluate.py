@@ -1,6 +1,7 @@
 """Sample evaluation: the classifier's float64 gradient check, the Fréchet distance against closed
 forms, the shipped classifier's held-out accuracy, evaluate_samples on real images with true and
 shuffled labels, a short training run that lowers the loss, and the command line's errors."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +9,15 @@ import pytest
 
 from conftest import gradcheck, randn
 from minidit.backend import to_numpy
-from minidit.classifier import (ClassifierConfig, classifier_backward, classifier_forward,
-                                classifier_param_shapes, classify, features, images_to_input,
-                                init_classifier, load_classifier, save_classifier, train_classifier)
-from minidit.data import ImageDataset, load_dataset
-from minidit.evaluate import (FD_NAME, evaluate_samples, frechet_distance,
-                              frechet_distance_from_stats, main)
+from minidit.evaluation.classifier import (ClassifierConfig, classifier_backward, classifier_forward,
+                                           classifier_param_shapes, classify, features, images_to_input,
+                                           init_classifier, load_classifier, save_classifier)
+from minidit.evaluation.evaluate import (FD_NAME, evaluate_samples, frechet_distance,
+                                         frechet_distance_from_stats, main)
+from minidit.evaluation.train_classifier import train_classifier
+from minidit.training.checkpoint import load_checkpoint
+from minidit.training.data import ImageDataset, load_dataset
+from minidit.training.rundir import RunDir
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "classifier_shapes32.npz"
 TINY = ClassifierConfig(image_size=8, in_channels=3, num_classes=3, patch_size=4, hidden_size=8,
@@ -91,7 +95,7 @@ def test_frechet_distance_general_covariances_and_symmetry():
 def shipped():
     if not SHIPPED.exists():
         pytest.fail(f"{SHIPPED} is missing: python -m minidit.evaluate train-classifier --data "
-                    "shapes --out data/classifier_shapes32.npz")
+                    "shapes --out runs/classifier, then copy runs/classifier/classifier.npz")
     return load_classifier(SHIPPED)
 
 
@@ -141,9 +145,31 @@ def test_train_classifier_lowers_loss_and_round_trips(tmp_path):
     assert meta["config"]["image_size"] == 16 and meta["config"]["in_channels"] == 3
     save_classifier(tmp_path / "c.npz", params, meta)
     params2, meta2 = load_classifier(tmp_path / "c.npz")
-    assert meta2 == meta and set(params2) == set(params)
+    assert meta2 == {**meta, "kind": "classifier"} and set(params2) == set(params)
     x = images_to_input(ds.images[:4])
     np.testing.assert_array_equal(classify(params2, meta2, x), classify(params, meta, x))
+    stored, groups = load_checkpoint(tmp_path / "c.npz")  # the same format as every minidit model
+    assert stored["kind"] == "classifier" and set(groups) == {"model"}
+
+
+def test_classifier_training_resumes_bit_for_bit_in_a_run_directory(tmp_path):
+    ds = load_dataset("shapes", split="train", image_size=8, n=64)
+    kw = dict(steps=6, batch_size=8, lr=3e-3, seed=0, progress=False, config=dict(hidden_size=8, depth=1,
+              num_heads=2, patch_size=4))
+    straight, _ = train_classifier(ds, run_dir=RunDir(tmp_path / "a"), ckpt_every=3, **kw)
+    with pytest.raises(KeyboardInterrupt):  # killed after step 4: its checkpoint is step 3
+        def stop_at_four(record):
+            if record["step"] == 4:
+                raise KeyboardInterrupt
+        run_dir = RunDir(tmp_path / "b")
+        run_dir.log = lambda rec, log=run_dir.log: (log(rec), stop_at_four(rec))
+        train_classifier(ds, run_dir=run_dir, ckpt_every=3, **kw)
+    resumed, meta = train_classifier(ds, run_dir=RunDir(tmp_path / "b", resume=True), ckpt_every=3, **kw)
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k])
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "log.jsonl")]
+    assert steps == list(range(1, 7))  # step 4 was logged before the kill, and is there once
+    assert (tmp_path / "b" / "loss.png").exists() and [r[0] for r in meta["loss_curve"]] == steps
 
 
 def test_init_uses_dataset_channels():
@@ -154,13 +180,15 @@ def test_init_uses_dataset_channels():
 @pytest.mark.parametrize("argv, message", [
     ([], "required"),
     (["train-classifier"], "--out"),
-    (["train-classifier", "--out", "x.npz", "--steps", "0"], "positive"),
-    (["train-classifier", "--out", "/no/such/folder/x.npz"], "does not exist"),
+    (["train-classifier", "--out", "x", "--steps", "0"], "positive"),
+    (["train-classifier", "--out", "RUN", "--resume"], "holds no checkpoint"),
+    (["train-classifier", "--out", "x", "--lr", "nan"], "--lr must be positive"),
     (["samples", "--samples", "/no/such/file.npz"], "No such file"),
     (["samples", "--samples", "NOLABELS"], "arr_1"),
     (["bogus"], "invalid choice"),
 ])
 def test_cli_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
     if "NOLABELS" in argv:
         np.savez(tmp_path / "s.npz", np.zeros((2, 32, 32, 3), np.uint8))
         argv = [str(tmp_path / "s.npz") if a == "NOLABELS" else a for a in argv]

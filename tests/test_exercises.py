@@ -6,11 +6,12 @@ import re
 
 import pytest
 
-from minidit import exercises as exm
-from minidit.autograder import diagnose
+from minidit.course import exercises as exm
+from minidit.course.autograder import diagnose
+from minidit.course.markers import ROOT, Exercise, find_exercises, find_function, is_stub
 
-EXERCISES = exm.find_exercises()
-if any(exm.is_stub(exm._find_function(ast.parse((exm.ROOT / e.file).read_text()), e.name)) for e in EXERCISES):
+EXERCISES = find_exercises()
+if any(is_stub(find_function(ast.parse((ROOT / e.file).read_text()), e.name)) for e in EXERCISES):
     pytest.skip("this checkout is a student edition: its exercises have no reference bodies",
                 allow_module_level=True)
 
@@ -29,7 +30,7 @@ def _without_bodies(path, names):
     """The file's lines with the bodies (after the docstring) of the named functions cut out."""
     lines = path.read_text().splitlines(keepends=True)
     tree = ast.parse("".join(lines))
-    for first, last, _ in sorted((exm._body_span(exm._find_function(tree, n), n) for n in names), reverse=True):
+    for first, last, _ in sorted((exm._body_span(find_function(tree, n), n) for n in names), reverse=True):
         del lines[first - 1:last]
     return lines
 
@@ -38,11 +39,11 @@ def test_markers_name_a_paper_section_and_a_test_file():
     names = {e.name for e in EXERCISES}
     assert len(EXERCISES) >= 15
     assert {"linear_backward", "layernorm_backward", "sdpa_backward", "attention_backward",
-            "modulate_backward", "gated_residual_backward", "unpatchify_backward",
+            "modulate_backward", "gated_residual_backward", "unpatchify_hwc_backward",
             "normal_kl_grad_logvar2"} <= names
     for e in EXERCISES:
         assert re.match(r"^\d+(\.\d+)? \S", e.section), (e.name, e.section)  # "3.2 Patchify"
-        assert e.tests and all((exm.ROOT / t).exists() for t in e.tests), e.name
+        assert e.tests and all((ROOT / t).exists() for t in e.tests), e.name
     assert next(e for e in EXERCISES if e.name == "linear_backward").tests == ("tests/test_linear.py",)
     assert "linear_backward" in exm.format_list(EXERCISES)
 
@@ -52,7 +53,7 @@ def test_a_marker_must_sit_directly_above_a_def(tmp_path):
     (tmp_path / "tests").mkdir()
     (tmp_path / "minidit" / "f.py").write_text("# exercise: 3.2 Patchify\n\ndef f(x):\n    return x\n")
     with pytest.raises(ValueError, match="not directly above a def"):
-        exm.find_exercises(tmp_path)
+        find_exercises(tmp_path)
 
 
 def test_make_removes_exactly_the_marked_bodies(tmp_path):
@@ -62,14 +63,14 @@ def test_make_removes_exactly_the_marked_bodies(tmp_path):
     by_file = {}
     for e in EXERCISES:
         by_file.setdefault(e.file, []).append(e.name)
-        node = exm._find_function(ast.parse((out / e.file).read_text()), e.name)
-        assert exm.is_stub(node), e.name
+        node = find_function(ast.parse((out / e.file).read_text()), e.name)
+        assert is_stub(node), e.name
         message = "".join(c.value for c in ast.walk(node.body[-1]) if isinstance(c, ast.Constant))
         assert f"implement {e.name}" in message and f"paper section {e.section}" in message
         assert e.tests[0] in message
         assert ast.get_docstring(node) is not None  # the docstring stays: it is the specification
-    for src in sorted((exm.ROOT / "minidit").rglob("*.py")) + sorted((exm.ROOT / "tests").glob("*.py")):
-        rel = src.relative_to(exm.ROOT).as_posix()
+    for src in sorted((ROOT / "minidit").rglob("*.py")) + sorted((ROOT / "tests").glob("*.py")):
+        rel = src.relative_to(ROOT).as_posix()
         if rel in by_file:  # outside the marked bodies, byte for byte the same
             assert _without_bodies(out / rel, by_file[rel]) == _without_bodies(src, by_file[rel]), rel
             assert (out / rel).read_bytes() != src.read_bytes()
@@ -82,7 +83,7 @@ def test_make_removes_exactly_the_marked_bodies(tmp_path):
         exm.make(tmp_path / "again", root=out)  # nor makes an edition from an edition
     exm.restore(out, None)  # every reference body back: the files are the source again
     for rel in by_file:
-        assert (out / rel).read_bytes() == (exm.ROOT / rel).read_bytes(), rel
+        assert (out / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
 
 
 def test_fresh_edition_fails_the_autograder_with_named_exercises(tmp_path, capsys):
@@ -111,7 +112,7 @@ def test_wrong_gradient_names_the_layer_and_the_input_then_restore_passes(tmp_pa
     assert re.search(r"^\s*w\s.*NO$", detail, re.M) and re.search(r"^\s*x\s.*yes$", detail, re.M)
 
     exm.restore(out, ["linear_backward"])
-    assert (out / "minidit/layers/linear.py").read_bytes() == (exm.ROOT / "minidit/layers/linear.py").read_bytes()
+    assert (out / "minidit/layers/linear.py").read_bytes() == (ROOT / "minidit/layers/linear.py").read_bytes()
     report = exm.grade(out, ["linear_backward"])
     assert report.exit_code == 0 and report.verdicts["linear_backward"].kind == "pass"
 
@@ -126,7 +127,7 @@ def _rec(nodeid, calls, outcome="failed", kind="gradcheck", **kw):
 def test_diagnose_blames_the_layer_whose_own_check_fails():
     """A wrong linear_backward also breaks attention's check: attention waits on it, and the
     exercises of a test blocked by a stub wait on the stub."""
-    ex = [exm.Exercise(n, "minidit/layers/x.py", 1, "3.2 DiT block design", ("tests/test_x.py",))
+    ex = [Exercise(n, "minidit/layers/x.py", 1, "3.2 DiT block design", ("tests/test_x.py",))
           for n in ("linear_forward", "linear_backward", "attention_backward", "sdpa_backward", "silu_backward")]
     records = [
         _rec("tests/test_linear.py::values", ["linear_forward"], outcome="passed", kind=None),

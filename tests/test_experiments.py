@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from minidit import experiments
-from minidit.evaluate import DEFAULT_CLASSIFIER, FD_NAME
+from minidit.evaluation import experiments
+from minidit.evaluation.evaluate import DEFAULT_CLASSIFIER, FD_NAME
 
 pytestmark = pytest.mark.skipif(not Path(DEFAULT_CLASSIFIER).exists(),
                                 reason="the shipped classifier is missing")

@@ -1,11 +1,11 @@
-"""Tests for minidit.optim: AdamW against hand-computed steps and PyTorch, EMA (PAPER.md 4.3)."""
+"""Tests for minidit.training.optim: AdamW against hand-computed steps and PyTorch, EMA (PAPER.md 4.3)."""
 import math
 
 import numpy as np
 import pytest
 
 from minidit.backend import to_numpy
-from minidit.optim import AdamW, ema_update, init_ema
+from minidit.training.optim import AdamW, ema_update, init_ema
 
 
 def _adamw_reference(p, grads, lr, b1, b2, eps, wd):

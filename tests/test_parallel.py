@@ -6,9 +6,9 @@ import pytest
 from minidit.backend import Generator
 from minidit.diffusion import create_diffusion
 from minidit.model import DiT_models, init_params
-from minidit.optim import AdamW, init_ema
-from minidit.parallel import DataParallel, resolve_workers, shards
-from minidit.train import train_step
+from minidit.training.optim import AdamW, init_ema
+from minidit.training.parallel import DataParallel, resolve_workers, shards
+from minidit.training.train import train_step
 
 
 def test_shards_cover_the_batch_once_in_order():
@@ -63,7 +63,7 @@ def test_workers_are_deterministic():
 
 
 def test_sampling_with_workers_matches_one_piece():
-    from minidit.sample import generate
+    from minidit.training.sample import generate
     cfg = DiT_models["minidit-Tiny/4"](depth=1, hidden_size=32, num_heads=2, input_size=8)
     params = init_params(cfg, seed=0, dtype=np.float64)
     r = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_sampling_with_workers_matches_one_piece():
 
 
 def test_optimizer_and_ema_on_workers_give_the_same_numbers():
-    from minidit.optim import ema_update
+    from minidit.training.optim import ema_update
     r = np.random.default_rng(0)
     shapes = {"a": (5, 3), "b": (7,), "c": (2, 2, 2), "d": (11, 4)}
     p1 = {k: r.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
@@ -100,7 +100,7 @@ def test_gradient_sum_adds_in_shard_order_whatever_the_timing():
     ((g0 + g1) + g2), bit for bit, and the later workers' arrays are not kept."""
     import threading
     import time
-    from minidit.train import GradientSum
+    from minidit.training.train import GradientSum
     rng = np.random.default_rng(0)
     # float32 values of very different sizes, so that another order of addition rounds differently
     g = [{"w": (rng.standard_normal(1000) * 10.0 ** (3 * i)).astype(np.float32)} for i in range(3)]
@@ -121,7 +121,7 @@ def test_gradient_sum_adds_in_shard_order_whatever_the_timing():
 
 def test_gradient_sum_releases_waiting_workers_when_one_fails():
     import threading
-    from minidit.train import GradientSum
+    from minidit.training.train import GradientSum
     total, errors = GradientSum(), []
 
     def second_worker():

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import gradcheck, randn
 from minidit.backend import to_numpy
-from minidit.layers.patchify import (patchify, unpatchify_patches, patch_embed_forward,
-                                     patch_embed_backward, unpatchify_forward, unpatchify_backward)
+from minidit.layers.patchify import (patchify, unpatchify_chw, patch_embed_forward,
+                                     patch_embed_backward, unpatchify_hwc_forward, unpatchify_hwc_backward)
 
 N, C, H, W, P, D = 2, 3, 4, 6, 2, 5  # Gh = 2, Gw = 3
 
@@ -38,13 +38,13 @@ def test_patchify_order_and_inverse(xp, rng):
     xn = to_numpy(x)
     # token 4 = grid row 1, grid col 1; feature (c, a, b) = c*p*p + a*p + b
     assert pt[1, 4, 2 * 4 + 1 * 2 + 0] == xn[1, 2, 1 * P + 1, 1 * P + 0]
-    np.testing.assert_array_equal(to_numpy(unpatchify_patches(patchify(x, P), P, C, H, W)), xn)
+    np.testing.assert_array_equal(to_numpy(unpatchify_chw(patchify(x, P), P, C, H, W)), xn)
 
 
 def test_unpatchify_formula(xp, rng):
     C_out = 2
     tok = randn(xp, rng, N, (H // P) * (W // P), P * P * C_out)
-    img, _ = unpatchify_forward(tok, P, C_out, H, W)
+    img, _ = unpatchify_hwc_forward(tok, P, C_out, H, W)
     img, tn = to_numpy(img), to_numpy(tok)
     Gw = W // P
     for c in range(C_out):
@@ -63,8 +63,8 @@ def test_patch_embed_gradcheck(xp, rng):
 
 def test_unpatchify_gradcheck(xp, rng):
     arrays = dict(tokens=randn(xp, rng, N, 6, P * P * 2))
-    f = lambda tokens: unpatchify_forward(tokens, P, 2, H, W)
-    gradcheck("unpatchify", f, lambda d, c: (unpatchify_backward(d, c),), arrays, tol=1e-7)
+    f = lambda tokens: unpatchify_hwc_forward(tokens, P, 2, H, W)
+    gradcheck("unpatchify", f, lambda d, c: (unpatchify_hwc_backward(d, c),), arrays, tol=1e-7)
 
 
 def test_patchify_rejects_bad_size(xp, rng):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidit import sample, train
+from minidit.training import sample, train
 
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
         "--image-size", "8", "--num-images", "32", "--batch-size", "8", "--steps", "2",
@@ -66,7 +66,7 @@ def test_foreign_checkpoint_gets_a_hint(tmp_path, capsys):
 
 
 def test_a_latent_checkpoints_relative_vae_path_is_found_from_any_directory(tmp_path, monkeypatch):
-    from minidit.sample import find_vae
+    from minidit.training.sample import find_vae
     run = tmp_path / "run"
     run.mkdir()
     (run / "vae.npz").write_bytes(b"x")

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidit.classifier import classify, images_to_input, load_classifier
-from minidit.evaluate import DEFAULT_CLASSIFIER, evaluate_samples
-from minidit.sample import generate, load_model
-from minidit.viz import to_uint8
+from minidit.evaluation.classifier import classify, images_to_input, load_classifier
+from minidit.evaluation.evaluate import DEFAULT_CLASSIFIER, evaluate_samples
+from minidit.training.sample import generate, load_model
+from minidit.training.viz import to_uint8
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "minidit_shapes32.npz"
 
@@ -22,7 +22,7 @@ def test_shipped_model_samples_the_requested_classes():
     assert cfg.num_classes == 10 and meta["class_names"][0] == "warm circle"
     assert all(v.dtype == np.float32 for v in params.values())  # float16 on disk, float32 in use
     labels = np.repeat(np.arange(10), 5)
-    x = generate(params, cfg, labels, num_steps=50, sampler="ddpm", cfg_scale=4.0, seed=1)
+    x = generate(params, cfg, labels, num_steps=50, sampler="ddpm", guidance_scale=4.0, seed=1)
     assert x.shape == (50, 3, 32, 32) and np.isfinite(x).all()
     report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
     print(report.summary())

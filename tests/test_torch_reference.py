@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import torch_dit  # noqa: E402
 
 from minidit.backend import Generator  # noqa: E402
-from minidit.checkpoint import to_official  # noqa: E402
+from minidit.official import to_official  # noqa: E402
 from minidit.diffusion import create_diffusion  # noqa: E402
 from minidit.layers.timestep_embed import timestep_features  # noqa: E402
 from minidit.model import dit_backward, dit_forward, get_config, param_shapes, pos_embed  # noqa: E402
-from minidit.optim import AdamW, init_ema  # noqa: E402
-from minidit.train import train_step  # noqa: E402
+from minidit.training.optim import AdamW, init_ema  # noqa: E402
+from minidit.training.train import train_step  # noqa: E402
 
 CFG = get_config("DiT-S/2", input_size=8, depth=2, hidden_size=64, num_heads=4, num_classes=10,
                  in_channels=4)
@@ -105,7 +105,7 @@ def test_forward_and_every_gradient_float64(minidit_features, fused):
     x, t, y = inputs(CFG)
     out, cache = dit_forward(P, x, t, y, CFG)
     dout = np.random.default_rng(2).standard_normal(out.shape)
-    grads, dx = dit_backward(dout, cache, need_dx=True)
+    dx, grads = dit_backward(dout, cache, need_dx=True)
 
     model = torch_model(P, CFG, torch.float64, fused)
     xt = torch.from_numpy(x).requires_grad_(True)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from minidit import train
-from minidit.checkpoint import load_checkpoint, save_checkpoint
+from minidit.training import train
+from minidit.training.checkpoint import checkpoints_of, load_checkpoint, save_checkpoint
 
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
         "--image-size", "8", "--num-images", "64", "--batch-size", "8", "--lr", "1e-3",
@@ -27,7 +27,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     first, last = np.mean([r["loss"] for r in rows[:10]]), np.mean([r["loss"] for r in rows[-10:]])
     assert last < 0.7 * first, (first, last)
     assert (out / "loss.png").exists() and (out / "samples" / "step_0000100.png").exists()
-    assert [p.name for p in train.checkpoints_of(out)] == ["step_0000050.npz", "step_0000100.npz"]
+    assert [p.name for p in checkpoints_of(out)] == ["step_0000050.npz", "step_0000100.npz"]
     meta, groups = load_checkpoint(out / "checkpoints" / "step_0000100.npz")
     assert meta["step"] == 100 and set(groups) >= {"model", "ema", "opt_m", "opt_v"}
     # the EMA moved towards the weights but is not equal to them
@@ -55,7 +55,7 @@ def test_resume_is_bit_for_bit(tmp_path, workers):
 def test_latent_training_resumes_bit_for_bit(tmp_path):
     """DiT on the latents of a (tiny, briefly trained) VAE: the pre-encoded posteriors make the
     same run whether it is stopped and resumed or not."""
-    from minidit import train_vae
+    from minidit.latent import train_vae
     vae_args = ["--image-size", "8", "--num-images", "64", "--batch-size", "8", "--base-channels", "4",
                 "--num-groups", "2", "--ch-mult", "1,2", "--z-channels", "2", "--steps", "2",
                 "--scale-images", "16", "--eval-images", "8", "--no-progress", "--out", str(tmp_path / "vae")]
@@ -77,7 +77,44 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "2"])
     assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
-    train.run(_args(tmp_path, "--steps", "2", "--overwrite"), log=lambda *a: None)
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # a user's file in the run folder
+    with pytest.raises(SystemExit):  # a bad argument deletes nothing
+        train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "2", "--overwrite", "--data", "/no/such"])
+    assert checkpoints_of(tmp_path / "run")
+    train.run(_args(tmp_path, "--steps", "2", "--overwrite", "--ckpt-every", "1", "--keep", "5"), log=lambda *a: None)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # --overwrite removes only the run's files
+    assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_0000001.npz", "step_0000002.npz"]
+
+
+def test_a_run_killed_between_log_and_checkpoint_logs_each_step_once(tmp_path, monkeypatch):
+    """Killed after logging step 5 but before its next checkpoint (step 6), then resumed from
+    step 3: log.jsonl holds steps 1..8 once each, in order, and the plot is drawn from it."""
+    from minidit.training.rundir import RunDir
+    real_log = RunDir.log
+
+    def dies_after_step_5(self, record):
+        real_log(self, record)
+        if record["step"] == 5:
+            raise KeyboardInterrupt  # kill -9 stand-in
+
+    monkeypatch.setattr(RunDir, "log", dies_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(_args(tmp_path, "--steps", "8", "--ckpt-every", "3"), log=lambda *a: None)
+    monkeypatch.setattr(RunDir, "log", real_log)
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "log.jsonl")]
+    assert steps == [1, 2, 3, 4, 5] and [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_0000003.npz"]
+    train.run(_args(tmp_path, "--steps", "8", "--ckpt-every", "3", "--resume"), log=lambda *a: None)
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "log.jsonl")]
+    assert steps == list(range(1, 9))
+
+
+def test_checkpoints_more_often_than_log_lines(tmp_path):
+    """The loss plot at a checkpoint that comes before the first log record draws nothing."""
+    args = _args(tmp_path, "--steps", "4", "--ckpt-every", "1")
+    args.log_every = 3
+    train.run(args, log=lambda *a: None)
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "log.jsonl")]
+    assert steps == [3, 4] and (tmp_path / "run" / "loss.png").exists()
 
 
 def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -94,7 +131,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     rc = train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "10", "--ckpt-every", "4"])
     err = capsys.readouterr().err
     assert rc == 1 and "at step 5" in err and "step_0000004.npz" in err
-    assert [p.name for p in train.checkpoints_of(tmp_path / "run")] == ["step_0000004.npz"]
+    assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_0000004.npz"]
     _, g = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000004.npz")
     assert all(np.isfinite(v).all() for v in g["model"].values())
 
@@ -131,4 +168,4 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
         train.main(TINY + ["--out", str(tmp_path / "bad"), *argv])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
-    assert not train.checkpoints_of(tmp_path / "bad")
+    assert not checkpoints_of(tmp_path / "bad")

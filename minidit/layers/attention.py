@@ -5,19 +5,40 @@ after head), then k, then v. Each head attends over all tokens with softmax(q k^
 and the heads are concatenated head-major before the output projection. All heads and all
 images go through one batched matrix product, with no Python loop.
 """
+from typing import NamedTuple
+
 from ..backend import get_array_module
 from .activations import softmax_forward, softmax_backward
 from .linear import linear_forward, linear_backward
 
 
+class SdpaCache(NamedTuple):
+    """q, k, v (N, nh, T, hd), the attention probabilities (N, nh, Tq, Tk) and the 1/sqrt(hd) scale."""
+    q: object
+    k: object
+    v: object
+    probs: object
+    scale: float
+
+
+class AttentionCache(NamedTuple):
+    """The caches of the qkv projection, of sdpa (its .probs are the attention maps) and of the
+    output projection, and the number of heads."""
+    qkv: object
+    sdpa: SdpaCache
+    proj: object
+    num_heads: int
+
+
 # exercise: 3.2 DiT block design
 def sdpa_forward(q, k, v):
-    """Scaled dot-product attention. q (N, nh, Tq, hd), k, v (N, nh, Tk, hd) -> (N, nh, Tq, hd)."""
+    """Scaled dot-product attention. q (N, nh, Tq, hd), k, v (N, nh, Tk, hd) -> (N, nh, Tq, hd),
+    cache (an SdpaCache; a plain tuple in the same order works too)."""
     scale = q.shape[-1] ** -0.5
     scores = (q * scale) @ k.swapaxes(-1, -2)  # (N, nh, Tq, Tk)
     p, _ = softmax_forward(scores)
     out = p @ v  # (N, nh, Tq, hd)
-    return out, (q, k, v, p, scale)
+    return out, SdpaCache(q, k, v, p, scale)
 
 
 # exercise: 3.2 DiT block design
@@ -59,7 +80,7 @@ def attention_forward(x, qkv_w, qkv_b, proj_w, proj_b, num_heads):
     qkv = qkv.reshape(N, T, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)  # (3, N, nh, T, hd)
     o, c_att = sdpa_forward(qkv[0], qkv[1], qkv[2])  # (N, nh, T, hd)
     out, c_proj = linear_forward(merge_heads(o), proj_w, proj_b)  # (N, T, D)
-    return out, (c_qkv, c_att, c_proj, num_heads)
+    return out, AttentionCache(c_qkv, c_att, c_proj, num_heads)
 
 
 # exercise: 3.2 DiT block design

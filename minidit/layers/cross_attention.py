@@ -5,8 +5,21 @@ short conditioning sequence (the timestep and label embeddings, length 2).
 Unlike self-attention, q, k and v have separate D x D projections, because they read
 different sequences.
 """
-from .attention import sdpa_forward, sdpa_backward, split_heads, merge_heads
+from typing import NamedTuple
+
+from .attention import SdpaCache, sdpa_forward, sdpa_backward, split_heads, merge_heads
 from .linear import linear_forward, linear_backward
+
+
+class CrossAttentionCache(NamedTuple):
+    """The caches of the q, k, v projections, of sdpa (its .probs (N, nh, T, S) say which context
+    token each image token reads) and of the output projection, and the number of heads."""
+    q: object
+    k: object
+    v: object
+    sdpa: SdpaCache
+    proj: object
+    num_heads: int
 
 
 def cross_attention_forward(x, ctx, q_w, q_b, k_w, k_b, v_w, v_b, proj_w, proj_b, num_heads):
@@ -20,7 +33,7 @@ def cross_attention_forward(x, ctx, q_w, q_b, k_w, k_b, v_w, v_b, proj_w, proj_b
     o, c_att = sdpa_forward(split_heads(q, num_heads), split_heads(k, num_heads),
                             split_heads(v, num_heads))  # (N, nh, T, hd)
     out, c_proj = linear_forward(merge_heads(o), proj_w, proj_b)  # (N, T, D)
-    return out, (c_q, c_k, c_v, c_att, c_proj, num_heads)
+    return out, CrossAttentionCache(c_q, c_k, c_v, c_att, c_proj, num_heads)
 
 
 def cross_attention_backward(dout, cache):

@@ -3,7 +3,16 @@
 With affine parameters (gamma, beta) it is the standard ViT LayerNorm, which the in-context
 and cross-attention block designs use.
 """
+from typing import NamedTuple
+
 from ..backend import get_array_module
+
+
+class LayerNormCache(NamedTuple):
+    """The normalised input and 1/std per row (cheap statistics, as in llm.c), and gamma or None."""
+    xhat: object
+    rstd: object
+    gamma: object
 
 
 # exercise: 3.2 DiT block design
@@ -21,7 +30,7 @@ def layernorm_forward(x, gamma=None, beta=None, eps=1e-6):
     xhat = xc
     xhat *= rstd  # (x - mean) / std, in the buffer of xc
     out = xhat if gamma is None else xhat * gamma + beta
-    return out, (xhat, rstd, gamma)
+    return out, LayerNormCache(xhat, rstd, gamma)
 
 
 # exercise: 3.2 DiT block design

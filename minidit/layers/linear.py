@@ -3,6 +3,14 @@
 Weights are stored (D_in, D_out), the transpose of PyTorch's nn.Linear, so the forward is one
 matrix product over all leading axes flattened together.
 """
+from typing import NamedTuple
+
+
+class LinearCache(NamedTuple):
+    """What the backward needs: the input itself (not a copy), the weight, whether b was given."""
+    x: object
+    w: object
+    has_bias: bool
 
 
 # exercise: 3.2 DiT block design
@@ -15,7 +23,7 @@ def linear_forward(x, w, b=None):
     out = x2 @ w  # (M, Dout), one GEMM over batch and tokens together
     if b is not None:
         out += b
-    return out.reshape(*x.shape[:-1], dout_), (x, w, b is not None)
+    return out.reshape(*x.shape[:-1], dout_), LinearCache(x, w, b is not None)
 
 
 # exercise: 3.2 DiT block design

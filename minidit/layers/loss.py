@@ -1,4 +1,5 @@
-"""Mean squared error, the L_simple term of the DiT loss (paper section 3.1)."""
+"""Mean squared error, the L_simple term of the DiT loss (paper section 3.1, PAPER.md 3.4): the
+hybrid loss of minidit.diffusion.losses calls it on the noise channels, per sample."""
 
 
 def mse_forward(pred, target, per_sample=False):
@@ -15,6 +16,6 @@ def mse_backward(dout, cache):
     if per_sample:
         # out_n = mean over the M = size / N entries of sample n of diff^2
         m = diff[0].size
-        return 2.0 * diff * (dout.reshape((-1,) + (1,) * (diff.ndim - 1)) / m)
+        return (dout.reshape((-1,) + (1,) * (diff.ndim - 1)) * (2.0 / m)) * diff
     # out = mean(diff^2) over all entries
-    return 2.0 * diff * (dout / diff.size)
+    return (dout * (2.0 / diff.size)) * diff

@@ -1,15 +1,18 @@
 """Patchify and unpatchify (paper section 3.2 "Patchify", PAPER.md 1.1 and 1.6).
 
 The patch embedding is a linear map of each non-overlapping p x p patch, which equals the
-official Conv2d with kernel = stride = p. A patch is flattened in (channel, row, col) order,
+official Conv2d with kernel = stride = p. A patch is flattened in (channel, row, col) order, "CHW",
 matching the conv weight (D, C, p, p) viewed as (D, C*p*p); tokens run row-major over the
-patch grid. Unpatchify reads each output token as (row, col, channel), channel fastest.
+patch grid. The decoder's output tokens are read the other way, (row, col, channel), "HWC",
+channel fastest (PAPER.md 1.6, pitfall 5), so there are two inverses with different layouts:
+unpatchify_chw undoes patchify, unpatchify_hwc_forward is the official `unpatchify` of the model.
 """
 from .linear import linear_forward, linear_backward
 
 
 def patchify(x, p):
-    """x (N, C, H, W) -> patches (N, T, C*p*p), T = (H/p)(W/p), token = grid_row * Gw + grid_col."""
+    """x (N, C, H, W) -> patches (N, T, C*p*p), each flattened CHW; T = (H/p)(W/p), token =
+    grid_row * Gw + grid_col."""
     N, C, H, W = x.shape
     if H % p or W % p:
         raise ValueError(f"patchify: image {H}x{W} is not divisible by patch size {p}")
@@ -18,8 +21,8 @@ def patchify(x, p):
     return x.reshape(N, Gh * Gw, C * p * p)
 
 
-def unpatchify_patches(patches, p, C, H, W):
-    """Inverse of `patchify`: (N, T, C*p*p) -> (N, C, H, W)."""
+def unpatchify_chw(patches, p, C, H, W):
+    """Inverse of `patchify`: patches (N, T, C*p*p), each flattened CHW -> (N, C, H, W)."""
     N = patches.shape[0]
     Gh, Gw = H // p, W // p
     x = patches.reshape(N, Gh, Gw, C, p, p).transpose(0, 3, 1, 4, 2, 5)  # (N, C, Gh, p, Gw, p)
@@ -44,11 +47,12 @@ def patch_embed_backward(dout, cache, need_dx=True):
     if not need_dx:
         return None, dw, db
     # patches = patchify(x), a pure re-indexing, so its backward is the inverse re-indexing
-    return unpatchify_patches(dpatches, p, C, H, W), dw, db
+    return unpatchify_chw(dpatches, p, C, H, W), dw, db
 
 
-def unpatchify_forward(tokens, p, C_out, H, W):
-    """tokens (N, T, p*p*C_out) -> image (N, C_out, H, W), out[c, i p + a, j p + b] = tok[i Gw + j][(a p + b) C_out + c]."""
+def unpatchify_hwc_forward(tokens, p, C_out, H, W):
+    """The model's unpatchify: tokens (N, T, p*p*C_out), each read HWC -> image (N, C_out, H, W),
+    out[c, i p + a, j p + b] = tok[i Gw + j][(a p + b) C_out + c]."""
     N, T, F = tokens.shape
     Gh, Gw = H // p, W // p
     if T != Gh * Gw or F != p * p * C_out:
@@ -59,7 +63,7 @@ def unpatchify_forward(tokens, p, C_out, H, W):
 
 
 # exercise: 3.2 Transformer decoder
-def unpatchify_backward(dout, cache):
+def unpatchify_hwc_backward(dout, cache):
     """dout (N, C_out, H, W) -> dtokens (N, T, p*p*C_out)."""
     p, C_out, Gh, Gw = cache
     N = dout.shape[0]

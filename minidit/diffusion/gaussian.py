@@ -1,75 +1,11 @@
-"""The Gaussian diffusion process of DiT (ADM/IDDPM code): noise schedules and respacing
-(PAPER.md 3.2-3.3), forward noising q(x_t | x_0), the learned-range reverse process (3.5) and
-the DDPM and DDIM samplers (3.6). The hybrid loss and its gradient are in diffusion_losses.py.
+"""The Gaussian diffusion process of DiT (ADM/IDDPM code): forward noising q(x_t | x_0) and its
+posterior (PAPER.md 3.1-3.2), the learned-range reverse process (3.5) and the DDPM and DDIM
+samplers (3.6). Schedules and respacing are in schedule.py, the hybrid loss in losses.py.
 """
-import math
-
 import numpy as np
 
-from . import diffusion_losses
-from .backend import get_array_module, is_gpu_array, to_numpy
-
-
-def get_named_beta_schedule(name, num_diffusion_timesteps):
-    """beta_t for t = 0..T-1 of a named schedule; float64 host array of shape (T,)."""
-    T = num_diffusion_timesteps
-    if name == "linear":
-        # ADM scales the endpoints by 1000/T so that any T traces the same curve (PAPER.md 3.2).
-        scale = 1000 / T
-        return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
-    if name == "squaredcos_cap_v2":
-        # IDDPM's cosine schedule: abar(s) = cos^2((s + 0.008) / 1.008 * pi / 2), betas capped at 0.999.
-        def abar(s):
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)])
-    raise ValueError(f"unknown noise_schedule {name!r}: choose 'linear' or 'squaredcos_cap_v2'")
-
-
-def _parse_count(text, spec):
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"timestep_respacing {spec!r}: {text!r} is not a whole number of steps") from None
-    if n < 1:
-        raise ValueError(f"timestep_respacing {spec!r}: {n} steps requested, need at least 1")
-    return n
-
-
-def space_timesteps(num_timesteps, section_counts):
-    """The original timesteps a respacing keeps, ascending (PAPER.md 3.3).
-
-    section_counts: "N", "N,M,..." (or a list of ints): the T steps are cut into equal sections
-    (the remainder goes to the first ones) and each section gives its count of steps at a
-    fractional stride rounded with Python's round. "ddimN": range(0, T, i) for the smallest
-    integer stride i that yields exactly N steps.
-    """
-    spec = section_counts
-    if isinstance(spec, str) and spec.startswith("ddim"):
-        desired = _parse_count(spec[len("ddim"):], spec)
-        for stride in range(1, num_timesteps):  # the official search stops at T-1
-            if len(range(0, num_timesteps, stride)) == desired:
-                return list(range(0, num_timesteps, stride))
-        raise ValueError(f"timestep_respacing {spec!r}: no integer stride gives exactly {desired} "
-                         f"of {num_timesteps} steps")
-    if isinstance(spec, str):
-        counts = [_parse_count(s.strip(), spec) for s in spec.split(",")]
-    else:
-        counts = [_parse_count(s, spec) for s in spec]
-    size_per, extra = divmod(num_timesteps, len(counts))
-    start, steps = 0, []
-    for i, n in enumerate(counts):
-        size = size_per + (1 if i < extra else 0)
-        if n > size:
-            raise ValueError(f"timestep_respacing {spec!r}: cannot take {n} steps from a section "
-                             f"of {size} (T = {num_timesteps}, {len(counts)} sections)")
-        stride = 1 if n <= 1 else (size - 1) / (n - 1)
-        cur = 0.0
-        for _ in range(n):
-            # Accumulate the stride as the official loop does, so float ties round the same way.
-            steps.append(start + round(cur))
-            cur += stride
-        start += size
-    return sorted(set(steps))
+from ..backend import get_array_module, is_gpu_array, to_numpy
+from . import losses
 
 
 def _gather(table, t, x):
@@ -127,7 +63,7 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
         self.posterior_mean_coef2 = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
 
-    def _index(self, t, n):
+    def indices(self, t, n):
         """t as a host int64 array of shape (n,), checked to lie in 0..num_timesteps-1."""
         t = np.asarray(to_numpy(t))
         if t.ndim == 0:
@@ -140,13 +76,13 @@ class GaussianDiffusion:
 
     def q_sample(self, x_start, t, noise):
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps; all arrays (N, C, H, W)."""
-        t = self._index(t, x_start.shape[0])
+        t = self.indices(t, x_start.shape[0])
         return (_gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
                 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), each (N, C, H, W)."""
-        t = self._index(t, x_start.shape[0])
+        t = self.indices(t, x_start.shape[0])
         mean = (_gather(self.posterior_mean_coef1, t, x_t) * x_start
                 + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
         zeros = get_array_module(x_t).zeros_like(x_t)
@@ -156,7 +92,7 @@ class GaussianDiffusion:
 
     def log_variance_range(self, t, x):
         """(min_log, max_log) = (log of clipped beta~_t, log beta_t), each (N, 1, 1, 1) as x's dtype."""
-        t = self._index(t, x.shape[0])
+        t = self.indices(t, x.shape[0])
         return (_gather(self.posterior_log_variance_clipped, t, x),
                 _gather(np.log(self.betas), t, x))
 
@@ -169,7 +105,7 @@ class GaussianDiffusion:
         official create_diffusion would pick FIXED_LARGE here; DiT itself always learns sigma).
         """
         xp = get_array_module(x_t)
-        t = self._index(t, x_t.shape[0])
+        t = self.indices(t, x_t.shape[0])
         C = x_t.shape[1]
         expected = 2 * C if self.learn_sigma else C
         if model_output.shape[1] != expected:
@@ -193,8 +129,8 @@ class GaussianDiffusion:
                 "pred_xstart": pred_xstart}
 
     def training_losses(self, model_output, x_start, x_t, t, noise, dloss=None):
-        """Per-sample loss terms and the gradient on model_output; see diffusion_losses.training_losses."""
-        return diffusion_losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss)
+        """Per-sample loss terms and the gradient on model_output; see losses.training_losses."""
+        return losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss)
 
     def _call_model(self, model_fn, x, t):
         """model_fn(x, original timesteps as int64 on x's device) (PAPER.md 3.3)."""
@@ -216,7 +152,7 @@ class GaussianDiffusion:
         rng.normal(x.shape) drawn after the model call, also at t = 0 (as official), so a seed
         fixes the whole run. Returns dict(sample, pred_xstart).
         """
-        t = self._index(t, x.shape[0])
+        t = self.indices(t, x.shape[0])
         out = self.p_mean_variance(self._call_model(model_fn, x, t), x, t, clip_denoised)
         z = self._step_noise(x, noise, rng)
         nonzero = _gather((np.arange(self.num_timesteps) != 0).astype(np.float64), t, x)
@@ -230,7 +166,7 @@ class GaussianDiffusion:
         Returns dict(sample, pred_xstart).
         """
         xp = get_array_module(x)
-        t = self._index(t, x.shape[0])
+        t = self.indices(t, x.shape[0])
         out = self.p_mean_variance(self._call_model(model_fn, x, t), x, t, clip_denoised)
         # eps re-derived from the (possibly clipped) x0 prediction
         eps = ((_gather(self.sqrt_recip_alphas_cumprod, t, x) * x - out["pred_xstart"])
@@ -281,21 +217,3 @@ class GaussianDiffusion:
         def step(x, t):
             return self.ddim_sample(model_fn, x, t, clip_denoised, eta, rng=rng)
         return self._loop(step, shape, noise, rng, dtype, device, progress, callback)
-
-
-def create_diffusion(timestep_respacing="", noise_schedule="linear", learn_sigma=True,
-                     diffusion_steps=1000):
-    """DiT's diffusion (PAPER.md 3.1): always respaced, even "" (all steps), like the official code.
-
-    timestep_respacing: "" (all steps), "N", "N,M,..." or "ddimN" (see space_timesteps).
-    The betas of the kept steps s_0 < s_1 < ... are recomputed from alpha-bar:
-    beta'_j = 1 - abar_{s_j} / abar_{s_{j-1}}, with abar_{s_{-1}} = 1.
-    """
-    if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, (int, np.integer)) \
-            or diffusion_steps < 1:
-        raise ValueError(f"diffusion_steps must be a positive integer, got {diffusion_steps!r}")
-    base = GaussianDiffusion(get_named_beta_schedule(noise_schedule, diffusion_steps), learn_sigma)
-    use = space_timesteps(diffusion_steps, timestep_respacing or str(diffusion_steps))
-    kept = base.alphas_cumprod[use]
-    betas = 1.0 - kept / np.append(1.0, kept[:-1])
-    return GaussianDiffusion(betas, learn_sigma, timestep_map=use)

@@ -11,10 +11,10 @@ Deviations from SD, for speed on a CPU: the middle block is one residual block (
 self-attention, resnet); the decoder has as many residual blocks per level as the encoder (SD:
 one more); downsampling pads 1 on every side (SD pads right and bottom only); no dropout.
 """
-from .layers import silu_backward, silu_forward
-from .layers.conv2d import conv2d_backward, conv2d_forward
-from .layers.groupnorm import groupnorm_backward, groupnorm_forward
-from .layers.upsample import upsample2x_backward, upsample2x_forward
+from ..layers import silu_backward, silu_forward
+from ..layers.conv2d import conv2d_backward, conv2d_forward
+from ..layers.groupnorm import groupnorm_backward, groupnorm_forward
+from ..layers.upsample import upsample2x_backward, upsample2x_forward
 
 GN_EPS = 1e-6  # every GroupNorm of the SD VAE
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from minidit.backend import to_device
-from minidit.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES, render_shapes
+from ..backend import to_device
+from .shapes import CLASS_NAMES as SHAPES_CLASS_NAMES, render_shapes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
                     ".gif")
@@ -55,6 +55,15 @@ class ImageDataset:
     @property
     def channels(self):
         return self.images.shape[-1]
+
+
+def to_model_space(images):
+    """uint8 images (N, H, W, C) -> (N, C, H, W) float32 in [-1, 1], on the backend of the input:
+    x / 127.5 - 1, as ToTensor + Normalize(0.5, 0.5) in DiT's train.py (PAPER.md 4.1)."""
+    x = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    x /= 127.5
+    x -= 1.0
+    return x
 
 
 def to_channels(images, channels):
@@ -300,12 +309,8 @@ class DataLoader:
             flip = self.generator.spawn_host().random(b) < 0.5  # (B,) one coin per image
             images[flip] = images[flip, :, ::-1]                # mirror the W axis
         self.last_index, self.last_flip = idx, flip             # which images, which mirrored
-        images = to_device(images, self.device)
-        labels = to_device(self.dataset.labels[idx], self.device)
-        x = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")  # (B, C, H, W)
-        x /= 127.5                       # x / 127.5 - 1 maps 0..255 onto [-1, 1]
-        x -= 1.0
-        return x, labels
+        x = to_model_space(to_device(images, self.device))      # (B, C, H, W) in [-1, 1]
+        return x, to_device(self.dataset.labels[idx], self.device)
 
     def state_dict(self):
         """Position in the stream (host values). The generator's own state is saved separately."""

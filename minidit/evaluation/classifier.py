@@ -1,27 +1,28 @@
 """A small ViT classifier, trained from scratch with minidit's own layers, that judges samples.
 
 The paper scores samples with Inception-V3 features (FID, section 4); we have no ImageNet
-network, so minidit.evaluate reads this classifier instead: its predicted class tells whether
-a sample of class k looks like class k, and its pooled features feed a Fréchet distance.
-Architecture: patch embedding, fixed 2-D sin-cos positions, pre-norm ViT blocks (the in-context
-DiT block of minidit.blocks), a final LayerNorm, mean pooling over tokens and a linear head.
+network, so minidit.evaluation.evaluate reads this classifier instead: its predicted class tells
+whether a sample of class k looks like class k, and its pooled features feed a Fréchet distance.
+Architecture: patch embedding, fixed 2-D sin-cos positions, pre-norm ViT blocks, a final
+LayerNorm, mean pooling over tokens and a linear head. The blocks are written here from
+minidit.layers, not taken from minidit.blocks: the instrument that scores every experiment must
+not change when a DiT block does (the shipped classifier file stays valid).
 """
-import json
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import (Generator, device_of, get_array_module, resolve_device, synchronize, to_device,
-                      to_numpy)
-from .blocks import LN_EPS, vit_block_backward, vit_block_forward
-from .layers import (layernorm_backward, layernorm_forward, linear_backward, linear_forward,
-                     patch_embed_backward, patch_embed_forward)
-from .layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
-from .layers.pos_embed import get_2d_sincos_pos_embed
+from ..backend import device_of, get_array_module, to_device, to_numpy
+from ..layers import (attention_backward, attention_forward, layernorm_backward, layernorm_forward,
+                      linear_backward, linear_forward, mlp_backward, mlp_forward, patch_embed_backward,
+                      patch_embed_forward)
+from ..layers.pos_embed import get_2d_sincos_pos_embed
+from ..training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from ..training.data import to_model_space
 
-META_KEY = "__meta__"  # the npz entry that holds the JSON metadata
+LN_EPS = 1e-6  # as every LayerNorm of DiT
+KIND = "classifier"  # the checkpoint's meta["kind"]
 
 
 @dataclass
@@ -85,6 +86,38 @@ def init_classifier(cfg, seed=0, dtype=np.float32, device=None):
     return {k: to_device(v.astype(dtype), device) for k, v in P.items()}
 
 
+def _ln(P, name, x):
+    return layernorm_forward(x, P[name + ".w"], P[name + ".b"], eps=LN_EPS)
+
+
+def block_forward(P, pre, x, num_heads):
+    """A pre-norm ViT block: x = x + attn(LN1(x)); x = x + mlp(LN2(x)). x (N, T, D) -> (N, T, D)."""
+    h, c_ln1 = _ln(P, pre + "norm1", x)
+    a, c_attn = attention_forward(h, P[pre + "attn.qkv.w"], P[pre + "attn.qkv.b"], P[pre + "attn.proj.w"],
+                                  P[pre + "attn.proj.b"], num_heads)
+    x = x + a
+    h, c_ln2 = _ln(P, pre + "norm2", x)
+    m, c_mlp = mlp_forward(h, P[pre + "mlp.fc1.w"], P[pre + "mlp.fc1.b"], P[pre + "mlp.fc2.w"],
+                           P[pre + "mlp.fc2.b"])
+    return x + m, (pre, c_ln1, c_attn, c_ln2, c_mlp)
+
+
+def block_backward(dout, cache):
+    """dout (N, T, D) -> dx (N, T, D), grads keyed like the block's parameters."""
+    pre, c_ln1, c_attn, c_ln2, c_mlp = cache
+    g = {}
+    # out = x + mlp(LN2(x))
+    dh, g[pre + "mlp.fc1.w"], g[pre + "mlp.fc1.b"], g[pre + "mlp.fc2.w"], g[pre + "mlp.fc2.b"] = \
+        mlp_backward(dout, c_mlp)
+    dh, g[pre + "norm2.w"], g[pre + "norm2.b"] = layernorm_backward(dh, c_ln2)
+    dx = dout + dh
+    # x = x + attn(LN1(x))
+    dh, g[pre + "attn.qkv.w"], g[pre + "attn.qkv.b"], g[pre + "attn.proj.w"], g[pre + "attn.proj.b"] = \
+        attention_backward(dx, c_attn)
+    dh, g[pre + "norm1.w"], g[pre + "norm1.b"] = layernorm_backward(dh, c_ln1)
+    return dx + dh, g
+
+
 def _pos_embed(cfg, xp, dtype):
     return xp.asarray(get_2d_sincos_pos_embed(cfg.hidden_size, cfg.grid_size), dtype=dtype)  # (T, D)
 
@@ -100,7 +133,7 @@ def features_forward(P, x, cfg):
     h = h + _pos_embed(cfg, xp, h.dtype)                                  # fixed, not trained
     c_blocks = []
     for i in range(cfg.depth):
-        h, c = vit_block_forward(P, f"blocks.{i}.", h, None, cfg.num_heads)
+        h, c = block_forward(P, f"blocks.{i}.", h, cfg.num_heads)
         c_blocks.append(c)
     h, c_ln = layernorm_forward(h, P["norm.w"], P["norm.b"], eps=LN_EPS)  # (N, T, D)
     return h.mean(axis=1), (c_patch, c_blocks, c_ln, h.shape[1])
@@ -116,7 +149,7 @@ def features_backward(dfeat, cache):
     dh, g["norm.w"], g["norm.b"] = layernorm_backward(dh, c_ln)
     # h = block_i(h), last block first
     for c in reversed(c_blocks):
-        dh, _, gb = vit_block_backward(dh, c)
+        dh, gb = block_backward(dh, c)
         g.update(gb)
     # h = patch_embed(x) + pos   (pos is fixed: no gradient)
     dx, g["patch_embed.proj.w"], g["patch_embed.proj.b"] = patch_embed_backward(dh, c_patch)
@@ -168,10 +201,7 @@ def features(params, meta, x, batch_size=256):
     return _batched(features_forward, params, meta, x, batch_size)
 
 
-def images_to_input(images_uint8):
-    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1], on the backend of the input."""
-    x = images_uint8.transpose(0, 3, 1, 2).astype(np.float32)
-    return x / 127.5 - 1.0
+images_to_input = to_model_space  # (N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1]
 
 
 def accuracy(params, meta, dataset, device=None, batch_size=256):
@@ -181,75 +211,21 @@ def accuracy(params, meta, dataset, device=None, batch_size=256):
     return float((pred == dataset.labels).mean())
 
 
-def _lr_at(step, steps, lr, warmup):
-    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device=None,
-                     progress=True, config=None, test_dataset=None, weight_decay=0.05):
-    """Train a classifier from scratch on an ImageDataset; returns (params, meta).
-
-    AdamW with warm-up and cosine decay, random horizontal flips (the DataLoader's). `config`:
-    a ClassifierConfig or a dict of overrides; image size, channels and classes always follow
-    the dataset. With `test_dataset` the held-out accuracy is measured and stored in meta.
-    params are host float32 NumPy arrays; meta is a JSON-able dict (see save_classifier).
-    """
-    from .data import DataLoader
-    from .optim import AdamW
-    device = resolve_device(device)
-    over = asdict(config) if isinstance(config, ClassifierConfig) else dict(config or {})
-    over.update(image_size=dataset.image_size, in_channels=dataset.channels,
-                num_classes=dataset.num_classes)
-    cfg = ClassifierConfig(**over)
-    P = init_classifier(cfg, seed, device=device)
-    opt = AdamW(P, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
-    loader = DataLoader(dataset, batch_size, Generator(seed, device), flip=True, device=device)
-    every = max(1, steps // 100)  # the loss curve keeps about 100 points
-    curve, window, t0 = [], [], time.perf_counter()
-    for step in range(steps):
-        x, y = next(loader)
-        logits, cache = classifier_forward(P, x, cfg)
-        loss, c_ce = cross_entropy_forward(logits, y)
-        _, grads = classifier_backward(cross_entropy_backward(1.0, c_ce), cache)
-        opt.lr = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
-        opt.step(P, grads)
-        window.append(float(loss))
-        if (step + 1) % every == 0 or step + 1 == steps:
-            curve.append([step + 1, round(sum(window) / len(window), 5)])
-            window = []
-        if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
-            print(f"step {step + 1}/{steps}  loss {curve[-1][1]:.4f}  "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    synchronize(device)
-    params = to_numpy(P)
-    meta = {"kind": "minidit ViT classifier", "config": asdict(cfg), "dataset": dataset.name,
-            "image_size": cfg.image_size, "channels": cfg.in_channels,
-            "class_names": list(dataset.class_names), "n_train": len(dataset),
-            "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "seed": seed, "device": device, "train_seconds": round(time.perf_counter() - t0, 1),
-            "loss_curve": curve, "heldout_accuracy": None, "heldout_n": 0, "command": None}
-    if test_dataset is not None:
-        meta["heldout_accuracy"] = accuracy(params, meta, test_dataset)
-        meta["heldout_n"] = len(test_dataset)
-    return params, meta
-
-
 def save_classifier(path, params, meta):
-    """Write params (float32) and meta (as JSON under the key __meta__) to one .npz file."""
-    arrays = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in params.items()}
-    np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+    """Write a classifier as a minidit checkpoint: params (float32) in the "model" group, meta
+    (JSON) with kind "classifier"."""
+    params = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in params.items()}
+    return save_checkpoint(path, {**meta, "kind": KIND}, model=params)
 
 
 def load_classifier(path):
     """Read a file written by save_classifier -> (params as host float32 arrays, meta dict)."""
-    with np.load(path, allow_pickle=False) as f:
-        if META_KEY not in f.files:
-            raise ValueError(f"{path} is not a minidit classifier file (no {META_KEY} entry)")
-        meta = json.loads(str(f[META_KEY]))
-        params = {k: f[k].astype(np.float32) for k in f.files if k != META_KEY}
+    meta, groups = load_checkpoint(find_checkpoint(path))
+    if meta.get("kind") != KIND or "model" not in groups:
+        raise ValueError(f"{path} is a minidit checkpoint but not a classifier (kind {meta.get('kind')!r}); "
+                         "train one with `python -m minidit.evaluate train-classifier`")
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    params = {k: v.astype(np.float32) for k, v in groups["model"].items()}
     expected = classifier_param_shapes(ClassifierConfig(**meta["config"]))
     bad = [k for k, s in expected.items() if k not in params or params[k].shape != s]
     if bad or set(params) != set(expected):

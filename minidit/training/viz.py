@@ -1,4 +1,5 @@
-"""Pictures the commands write: labelled sample grids and loss curves (matplotlib, Agg)."""
+"""Pictures the commands write: labelled sample grids and loss curves (matplotlib, Agg), and the
+model-space to uint8 conversion of samples."""
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def figure(figsize):
 def to_uint8(x):
     """Model-space images (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), as DiT's sample_ddp.py:
     clamp(127.5 x + 128, 0, 255)."""
-    from .backend import to_numpy
+    from ..backend import to_numpy
     x = np.asarray(to_numpy(x), dtype=np.float32)
     return np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
@@ -52,24 +53,31 @@ def save_grid(images, labels, class_names, path, ncol=None, title=None):
 
 
 def read_log(log_path):
+    """The records of a JSONL training log; a last line cut short by a killed process is skipped."""
     rows = []
     with open(log_path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
+        lines = [line.strip() for line in f if line.strip()]
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{log_path}, line {i + 1}: not a JSON record") from None
     return rows
 
 
-def plot_loss_curve(log_path, png_path, title="training loss"):
-    """Plot loss, mse and vb from a training JSONL log (one record per logged step)."""
-    rows = [r for r in read_log(log_path) if "loss" in r]
+def plot_loss_curve(log_path, png_path, title="training loss", keys=("loss", "mse", "vb")):
+    """Plot the logged losses (`keys`, those present) of a JSONL training log against the step;
+    returns the PNG path, or None when there is no log record yet."""
+    if not Path(log_path).exists():
+        return None
+    rows = [r for r in read_log(log_path) if keys[0] in r]
     if not rows:
         return None
     steps = np.array([r["step"] for r in rows])
     fig = figure(figsize=(6, 3.5))
     ax = fig.subplots()
-    for key in ("loss", "mse", "vb"):
+    for key in keys:
         if key in rows[0]:
             ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
     ax.set_xlabel("training step")

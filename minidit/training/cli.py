@@ -1,5 +1,8 @@
-"""What the minidit commands share: an argument parser whose errors are one clear line."""
+"""What the minidit commands share: an argument parser whose errors are one clear line, and the
+way a training command turns bad input, a diverged loss or success into its exit status."""
 import argparse
+import math
+import sys
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -14,28 +17,17 @@ class TrainingDiverged(RuntimeError):
     """A training loss became NaN or infinite; the message names the step and the last checkpoint."""
 
 
-def checkpoints_of(out):
-    """The checkpoints of a run directory, oldest first."""
-    from pathlib import Path
-    return sorted((Path(out) / "checkpoints").glob("step_*.npz"))
-
-
-def check_run_dir(out, resume, overwrite):
-    """The existing checkpoints of `out`, after refusing to overwrite a run without --resume or
-    --overwrite, and to resume a run that has no checkpoint."""
-    existing = checkpoints_of(out)
-    if existing and not resume and not overwrite:
-        raise FileExistsError(f"{out} already holds a run ({existing[-1].name}); pass --resume to "
-                              "continue it or --overwrite to start over")
-    if resume and not existing:
-        raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from")
-    return existing
+def check_positive(ap, args, names):
+    """ap.error naming the flag unless every args.<name> is a positive, finite number."""
+    for name in names:
+        v = getattr(args, name)
+        if not (v > 0 and math.isfinite(v)):
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {v}")
 
 
 def run_command(ap, validate, run, argv=None):
     """Parse, validate and run a training command: exit 2 with one line for bad input, 1 (with
     the step and the last good checkpoint) when the loss diverges, 0 when it finishes."""
-    import sys
     args = ap.parse_args(argv)
     validate(ap, args)
     try:

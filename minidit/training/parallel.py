@@ -9,13 +9,15 @@ W cores at once. BLAS is then limited to one thread per worker (with threadpoolc
 workers' BLAS threads would fight over the same cores.
 
 The gradient of the batch mean is the sum over shards of each shard's gradient with the upstream
-weight 1/N (N the whole batch), added in a fixed shard order (minidit.train.GradientSum, while
-the backward passes run), so a run is deterministic for a given number of workers. Different
+weight 1/N (N the whole batch), added in a fixed shard order (GradientSum, while the backward
+passes run, as DDP overlaps its all-reduce with the backward), so a run is deterministic for a
+given number of workers. Different
 worker counts round differently (float32 sums in another order), which is why a checkpoint
 records the count and resume reuses it.
 """
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -91,18 +93,48 @@ class DataParallel:
     def each(self, fn, items):
         """[fn(item) for item in items], run on the workers; results in the items' order. Each
         item's work must touch only its own arrays (each parameter's update, each batch shard),
-        or share them through a lock, as train.GradientSum does."""
+        or share them through a lock, as GradientSum does."""
         if self._pool is None:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
     def shards(self, n):
-        """The slices of range(n) that map() hands out: one per worker, or all of it without a pool."""
+        """The slices of range(n) to hand out: one per worker, or all of it without a pool."""
         return shards(n, self.workers) if self._pool is not None else [slice(0, n)]
 
-    def map(self, fn, n):
-        """[fn(slice) for each shard of range(n)], run on the workers; results in shard order."""
-        parts = self.shards(n)
-        if len(parts) == 1:
-            return [fn(parts[0])]
-        return list(self._pool.map(fn, parts))
+
+class GradientSum:
+    """The sum of the workers' gradients, built while their backward passes run, as DDP overlaps
+    its all-reduce with the backward (gradient "buckets").
+
+    Each worker hands over a group of gradients (dit_backward's sink) as soon as it has them.
+    Worker s adds a parameter's gradient into the total only after worker s-1 has added its
+    own, so every sum is ((g0 + g1) + g2) + ... whatever the threads' timing (runs stay
+    deterministic), and each worker's copy is freed as soon as it is added: the batch's
+    gradients exist about once, not once per worker. Worker 0's arrays become the total.
+    """
+
+    def __init__(self):
+        self.total = {}
+        self._added = {}  # key -> how many workers have added it
+        self._turn = threading.Condition()
+        self._failed = False
+
+    def add(self, shard, grads):
+        for k, g in grads.items():
+            with self._turn:
+                self._turn.wait_for(lambda: self._failed or self._added.get(k, 0) == shard)
+                if self._failed:
+                    raise RuntimeError("another data-parallel worker failed")
+            if shard == 0:
+                self.total[k] = g
+            else:
+                self.total[k] += g  # no lock needed: until we mark it added, only we touch total[k]
+            with self._turn:
+                self._added[k] = shard + 1
+                self._turn.notify_all()
+
+    def fail(self):
+        with self._turn:
+            self._failed = True
+            self._turn.notify_all()

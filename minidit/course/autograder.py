@@ -1,4 +1,4 @@
-"""The autograder of the exercises (minidit/exercises.py): the repository's own tests, run on a
+"""The autograder of the exercises (minidit.course.exercises): the repository's own tests, run on a
 student edition, turned into one verdict per exercise: passes, not implemented yet, wrong (which
 gradient check, which input), or waiting on another exercise it calls.
 
@@ -21,12 +21,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .exercises import _find_function, find_exercises, is_stub, select
+from .markers import find_exercises, find_function, is_stub, select
 
 _REPORT_ENV = "MINIDIT_GRADE_REPORT"  # where the plugin writes its records (JSON)
 
 
-# The pytest plugin (loaded in the subprocess with -p minidit.autograder) -------------------------
+# The pytest plugin (loaded in the subprocess with -p minidit.course.autograder) -------------------------
 
 def pytest_configure(config):
     """Register the recorder when `grade` asked for a report (a plain `pytest -p` does nothing)."""
@@ -280,13 +280,13 @@ def grade(edition, names=None, verbose=False, stream=None):
     chosen = select(exercises, names)
     files = sorted({f for e in chosen for f in e.tests})
     stubs = {e.name for e in exercises
-             if is_stub(_find_function(ast.parse((edition / e.file).read_text()), e.name))}
+             if is_stub(find_function(ast.parse((edition / e.file).read_text()), e.name))}
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         path = [str(edition)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1",
                    **{_REPORT_ENV: str(report)})
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "minidit.autograder",
+        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "minidit.course.autograder",
                "-q", "--tb=short", "--continue-on-collection-errors", f"--rootdir={edition}", *files]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=edition, env=env, capture_output=True, text=True)

@@ -5,8 +5,8 @@ DiT trains with torch.optim.AdamW (lr 1e-4 constant, betas (0.9, 0.999), eps 1e-
 weights, which is what every result in the paper is sampled from. Both work on flat dicts of
 arrays keyed like the model's parameters, on NumPy or CuPy.
 """
-from minidit.backend import cache_blocks, get_array_module, to_numpy
-from minidit.parallel import DataParallel
+from ..backend import cache_blocks, get_array_module, to_numpy
+from .parallel import DataParallel
 
 _IN_THIS_THREAD = DataParallel(1)  # what parallel=None means: every update in the caller's thread
 

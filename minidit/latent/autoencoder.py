@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .backend import device_of, get_array_module, to_device
-from .checkpoint import load_checkpoint
+from ..backend import device_of, get_array_module, to_device
+from ..training.checkpoint import find_checkpoint, load_checkpoint
+from ..training.data import to_model_space
+from ..training.parallel import DataParallel
 from .vae_blocks import decoder_plan, encoder_plan, plan_backward, plan_forward, plan_param_shapes
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # SD's DiagonalGaussianDistribution clamps the log-variance
@@ -216,7 +218,6 @@ class EncodedDataset:
 
     def __init__(self, encoder, images, parallel=None, progress=False):
         from tqdm.auto import tqdm
-        from .parallel import DataParallel
         self.encoder = encoder
         xp = get_array_module(encoder.params[next(iter(encoder.params))])
         n = len(images)
@@ -227,8 +228,7 @@ class EncodedDataset:
 
         def encode(s, mirror):
             u8 = images[s][:, :, ::-1] if mirror else images[s]          # (b, H, W, C) uint8
-            x = xp.asarray(np.ascontiguousarray(u8.transpose(0, 3, 1, 2)), dtype=np.float32)
-            moments = encode_moments(encoder.params, encoder.cfg, x / 127.5 - 1.0)
+            moments = encode_moments(encoder.params, encoder.cfg, to_model_space(xp.asarray(u8)))
             bar.update(s.stop - s.start)
             return moments
 
@@ -250,9 +250,9 @@ class EncodedDataset:
         return (mean + std * eps) * self.encoder.scale
 
 
-def load_vae(path, device=None, latent_scale=None):
+def load_vae(path, device=None):
     """(params, cfg, meta) of a VAE checkpoint written by `python -m minidit.train_vae`."""
-    meta, groups = load_checkpoint(path)
+    meta, groups = load_checkpoint(find_checkpoint(path))
     if meta.get("kind") != "vae" or "model" not in groups:
         raise ValueError(f"{path} is not a VAE checkpoint (kind {meta.get('kind', 'DiT')!r}); "
                          "train one with `python -m minidit.train_vae`")

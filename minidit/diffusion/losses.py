@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from ..backend import get_array_module, to_numpy
+from ..layers import mse_backward, mse_forward
 
 LN2 = math.log(2.0)
 _K = math.sqrt(2.0 / math.pi)  # of the tanh approximation of the normal CDF
@@ -103,17 +104,14 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None)
     """
     xp = get_array_module(x_start)
     N, C = x_start.shape[:2]
-    t = diffusion._index(t, N)
-    axes = tuple(range(1, x_start.ndim))
-    M = x_start[0].size  # C*H*W: every mean below is over these
+    t = diffusion.indices(t, N)
     if dloss is None:
         dloss = xp.full((N,), 1.0 / N, dtype=x_start.dtype)
-    dloss = xp.asarray(dloss).reshape((-1,) + (1,) * (x_start.ndim - 1))
+    dloss = xp.asarray(dloss).reshape(N)
 
-    eps_hat = model_output[:, :C]
-    mse = ((noise - eps_hat) ** 2).mean(axis=axes)
-    # mse = mean_{CHW} (noise - eps_hat)^2
-    d_eps = dloss * (-2.0 / M) * (noise - eps_hat)
+    # L_simple: mse = mean_{CHW} (eps_hat - noise)^2 per sample, the MSE layer of minidit.layers
+    mse, c_mse = mse_forward(model_output[:, :C], noise, per_sample=True)
+    d_eps = mse_backward(dloss, c_mse)
     if not diffusion.learn_sigma:
         return {"loss": mse, "mse": mse, "grad": d_eps}
 
@@ -125,7 +123,7 @@ def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
     """The L_vlb term per sample (N,) and its gradient on the v channels (N, C, H, W)."""
     xp = get_array_module(x_start)
     axes = tuple(range(1, x_start.ndim))
-    M = x_start[0].size
+    M = x_start[0].size  # C*H*W: the means are over these
     # The model mean depends only on eps_hat, taken as a constant here (the stop-gradient).
     out = diffusion.p_mean_variance(model_output, x_t, t, clip_denoised=False)
     mean, log_var = out["mean"], out["log_variance"]
@@ -144,7 +142,7 @@ def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
         d_log_var[r] = -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(x0, mu, half_lv)
     vb = elem.mean(axis=axes) / LN2
     # vb = mean_{CHW} where(t == 0, nll, kl) / ln 2
-    d_log_var *= dloss / (M * LN2)
+    d_log_var *= dloss.reshape((-1,) + (1,) * (x_start.ndim - 1)) / (M * LN2)
     # log_var = frac max_log + (1 - frac) min_log, frac = (v + 1) / 2
     min_log, max_log = diffusion.log_variance_range(t, x_t)
     d_v = d_log_var * 0.5 * (max_log - min_log)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from minidit import flops
-from minidit.checkpoint import from_official, to_official
+from minidit.blocks import BLOCK_DESIGNS
 from minidit.model import DiT_models, DiTConfig, dit_forward, init_params, param_shapes
+from minidit.official import from_official, to_official
 
 
 def _random(cfg, seed=0):
@@ -13,7 +14,7 @@ def _random(cfg, seed=0):
     return {k: rng.standard_normal(s).astype(np.float32) for k, s in param_shapes(cfg).items()}
 
 
-@pytest.mark.parametrize("design", ["adaLN-Zero", "adaLN", "in-context", "cross-attention"])
+@pytest.mark.parametrize("design", BLOCK_DESIGNS)
 def test_round_trip_exact(design):
     cfg = DiTConfig(input_size=8, patch_size=4, in_channels=4, hidden_size=16, depth=2,
                     num_heads=2, num_classes=7, block=design)

@@ -1,0 +1,74 @@
+"""Helpers the notebooks share: showing a library function's source (a lesson displays the tested
+code, never a re-typed copy), turning model-space images into pictures, laying samples out in a
+mosaic, the synthetic test picture of the patchify and attention lessons, and where the
+project's committed results are. Display only: nothing here is part of DiT.
+"""
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_numpy
+
+FAST_ENV = "MINIDIT_FAST"  # the tests run every notebook with MINIDIT_FAST=1
+
+
+def fast_mode():
+    """True when the notebook runs in its fast mode (the tests set MINIDIT_FAST=1)."""
+    return os.environ.get(FAST_ENV) == "1"
+
+
+def show_source(func, first=None, last=None):
+    """Print a function's source with the file line it starts at; with `first` and `last`, only
+    the lines from the one containing `first` to the next one containing `last`."""
+    lines, start = inspect.getsourcelines(func)
+    name = f"{func.__module__}.{func.__qualname__}"
+    if first is None:
+        print(f"# {name}  (line {start})")
+        print("".join(lines))
+        return
+    i = next(k for k, line in enumerate(lines) if first in line)
+    j = next(k for k in range(i, len(lines)) if last in lines[k])
+    print(f"# {name}, lines {start + i}-{start + j}")
+    print("".join(lines[i:j + 1]))
+
+
+def to_picture(x):
+    """One model-space image (C, H, W) in [-1, 1], NumPy or CuPy -> (H, W, C) in [0, 1] for imshow
+    (a one-channel image comes back (H, W)); values outside [-1, 1] are clipped."""
+    pic = np.clip((np.asarray(to_numpy(x), dtype=np.float64).transpose(1, 2, 0) + 1) / 2, 0, 1)
+    return pic[..., 0] if pic.shape[-1] == 1 else pic
+
+
+def mosaic(images, per_row, gap=2):
+    """uint8 images (N, H, W, C), in rows of `per_row` -> one (rows (H + gap) - gap, per_row
+    (W + gap) - gap, C) picture on a white background."""
+    n, H, W, C = images.shape
+    rows = -(-n // per_row)
+    canvas = np.full((rows * (H + gap) - gap, per_row * (W + gap) - gap, C), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, per_row)
+        canvas[r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = images[i]
+    return canvas
+
+
+def synthetic_image(size=32):
+    """The test picture of notebooks 01 and 02: a graded background with a red disc, a yellow
+    square and a blue triangle, (size, size, 3) in [0, 1] (shapes placed for size 32)."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    im = np.stack([0.15 + 0.25 * yy / size, 0.2 + 0.1 * xx / size, 0.35 + 0.2 * xx / size], -1)
+    im[(yy - 10) ** 2 + (xx - 10) ** 2 <= 6.5 ** 2] = (0.9, 0.15, 0.1)
+    im[(yy >= 17) & (yy < 29) & (xx >= 3) & (xx < 15)] = (0.95, 0.8, 0.15)
+    im[(yy >= 12) & (yy < 29) & (np.abs(xx - 24) <= (yy - 12) * 0.45)] = (0.2, 0.75, 0.9)
+    return im
+
+
+def project_root():
+    """The source checkout the notebook runs in (its results/ and data/): the first folder at or
+    above the working directory that holds pyproject.toml and minidit/, else the one above the
+    imported package."""
+    for d in (Path.cwd(), *Path.cwd().parents):
+        if (d / "pyproject.toml").exists() and (d / "minidit").is_dir():
+            return d
+    return Path(__file__).resolve().parents[2]

@@ -1,0 +1,158 @@
+"""minidit's checkpoint format, and finding and loading what the commands were given.
+
+One .npz per checkpoint: arrays under "group/key" names ("model/blocks.0.attn.qkv.w", "ema/...",
+"opt_m/...") plus a JSON "meta" entry (what was trained, its config, the step, the random and
+data-stream state). Every file minidit trains is one: DiT runs, the VAE and the evaluation
+classifier. A write goes to a temporary file in the same folder, is flushed to disk and then
+renamed over the target, so a crash mid-write never leaves a broken checkpoint behind. The
+official PyTorch weights are converted by minidit.official instead.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_device, to_numpy
+from ..model import DiTConfig
+
+FORMAT = "minidit-checkpoint"
+VERSION = 1
+# The small models shipped with minidit: data/ of a source checkout, minidit/shipped/ once
+# installed with `pip install .` (pyproject.toml maps the one onto the other).
+SHIPPED_DIRS = (Path(__file__).resolve().parents[1] / "shipped",
+                Path(__file__).resolve().parents[2] / "data")
+
+
+def shipped_file(name, must_exist=True):
+    """The path of a file shipped with minidit ("minidit_shapes32.npz", "data/vae_shapes32.npz").
+    must_exist=False gives the path it would have in a checkout instead of raising."""
+    name = Path(name).name
+    for folder in SHIPPED_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    if not must_exist:
+        return SHIPPED_DIRS[-1] / name
+    raise FileNotFoundError(f"{name} is not among the files shipped with minidit "
+                            f"(looked in {', '.join(str(d) for d in SHIPPED_DIRS)})")
+
+
+def save_checkpoint(path, meta, **groups):
+    """Atomically write `groups` (name -> dict of arrays) and `meta` (JSON-able dict) to path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"meta": np.array(json.dumps({"format": FORMAT, "version": VERSION, **meta}))}
+    for g, d in groups.items():
+        for k, v in d.items():
+            arrays[f"{g}/{k}"] = np.asarray(to_numpy(v))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by save_checkpoint -> (meta, {group: {key: array}}).
+
+    A file that is not a minidit checkpoint raises ValueError with a hint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):  # a plain .npy array, not an archive
+            raise ValueError(f"{path} is not a minidit checkpoint (a single array, not an .npz "
+                             "archive); train with `python -m minidit.train` to make one")
+        with z:
+            if "meta" not in z.files:
+                raise ValueError(f"{path} is not a minidit checkpoint (no 'meta' entry). Official "
+                                 "PyTorch DiT weights: read them into NumPy and use "
+                                 "minidit.official.from_official(state_dict, cfg)")
+            meta = json.loads(str(z["meta"]))
+            groups = {}
+            for name in z.files:
+                if name != "meta":
+                    g, k = name.split("/", 1)
+                    groups.setdefault(g, {})[k] = z[name]
+    except (OSError, EOFError, ValueError) as e:
+        if isinstance(e, ValueError) and "minidit" in str(e):
+            raise
+        raise ValueError(f"{path} is not a readable minidit checkpoint ({e}); train with "
+                         "`python -m minidit.train` to make one") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a minidit checkpoint (format {meta.get('format')!r})")
+    return meta, groups
+
+
+def slim_checkpoint(src, dst, dtype=np.float16):
+    """Copy a training checkpoint without its optimiser and data-stream state, with the model
+    and EMA weights stored in `dtype` (float16 halves the file): a small file to share or ship.
+    Loading it (load_model) casts the weights back to float32."""
+    meta, groups = load_checkpoint(src)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version", "rng", "loader", "opt_step")}
+    meta["slim"] = {"from": str(src), "dtype": np.dtype(dtype).name}
+    keep = {g: {k: v.astype(dtype) for k, v in groups[g].items()} for g in ("model", "ema") if g in groups}
+    return save_checkpoint(dst, meta, **keep)
+
+
+def checkpoints_of(run_dir):
+    """The checkpoints of a run directory, oldest first."""
+    return sorted((Path(run_dir) / "checkpoints").glob("step_*.npz"))
+
+
+def find_checkpoint(path):
+    """A checkpoint file, the newest checkpoint of a run directory, or a shipped file named by
+    its file name (data/minidit_shapes32.npz works from any working directory)."""
+    p = Path(path)
+    if p.is_dir():
+        cands = checkpoints_of(p) or sorted(p.glob("step_*.npz"))
+        if not cands:
+            raise FileNotFoundError(f"{p} holds no checkpoint (expected {p}/checkpoints/step_*.npz)")
+        return cands[-1]
+    if p.exists():
+        return p
+    if not p.is_absolute():
+        try:
+            return shipped_file(p)
+        except FileNotFoundError:
+            pass
+    raise FileNotFoundError(f"checkpoint {p} does not exist")
+
+
+def find_vae(recorded, ckpt):
+    """The VAE file a latent checkpoint names: as given if it exists, else a relative path is
+    looked up beside the checkpoint and among the shipped files (so the shipped model, which
+    records data/vae_shapes32.npz, samples from any working directory)."""
+    p = Path(recorded)
+    if p.exists() or p.is_absolute():
+        return p
+    if (Path(ckpt).resolve().parent / p).exists():
+        return Path(ckpt).resolve().parent / p
+    try:
+        return shipped_file(p)
+    except FileNotFoundError:
+        return p  # load_vae names the missing file
+
+
+def load_model(path, use_ema=True, device=None):
+    """(params, cfg, meta) of the DiT in a checkpoint or run directory; the EMA weights unless
+    use_ema=False, as float32 on `device`."""
+    meta, groups = load_checkpoint(find_checkpoint(path))
+    if meta.get("kind", "dit") != "dit" or "config" not in meta or "model" not in groups:
+        raise ValueError(f"{path} is a minidit checkpoint but holds no DiT model (kind "
+                         f"{meta.get('kind')!r}; a VAE is passed with --vae)")
+    cfg = DiTConfig.from_dict(meta["config"])
+    weights = groups["ema"] if use_ema and "ema" in groups else groups["model"]
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}  # slim files store float16
+    return to_device(weights, device), cfg, meta

@@ -1,0 +1,245 @@
+"""Training DiT (paper section 4, PAPER.md 4.3): uniform timesteps, the hybrid loss, AdamW and an
+EMA of the weights, on the built-in data by default, with checkpoints that resume bit for bit.
+
+    python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+from ..backend import Generator, device_of, get_array_module, set_device, synchronize
+from ..diffusion import create_diffusion
+from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
+from ..latent.autoencoder import EncodedDataset, load_vae_encoder
+from .checkpoint import load_checkpoint
+from .cli import CommandParser, TrainingDiverged, check_positive, run_command
+from .data import DataLoader, load_dataset
+from .optim import AdamW, ema_update, init_ema
+from .parallel import DataParallel, GradientSum, resolve_workers
+from .rundir import RunDir
+from .sample import generate
+from .viz import save_grid, to_uint8
+
+
+def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=None):
+    """One step of DiT's train.py: t ~ U{0..T-1}, noise, label dropout, forward, hybrid loss,
+    backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
+    The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run.
+
+    parallel: a minidit.training.parallel.DataParallel (entered) to split the batch over worker
+    threads, as DDP splits it over GPUs; each shard's loss is weighted 1/N, so the summed
+    gradients are those of the whole batch's mean loss. None runs the batch in one piece."""
+    N = x.shape[0]
+    t = rng.integers(0, diffusion.num_timesteps, (N,), device=device_of(x))
+    noise = rng.normal(x.shape, dtype=x.dtype, device=device_of(x))
+    y = apply_label_dropout(y, cfg, rng)
+    dloss = get_array_module(x).full((N,), 1.0 / N, dtype=x.dtype)  # d(batch mean) / d(loss_n)
+    parallel = parallel or _ONE_PIECE
+    total = GradientSum()  # the all-reduce, done while the backward runs
+
+    def forward_backward(piece):
+        shard, s = piece  # the shard's number (its place in the sum) and its slice of the batch
+        try:
+            x_t = diffusion.q_sample(x[s], t[s], noise[s])
+            out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
+            terms = diffusion.training_losses(out, x[s], x_t, t[s], noise[s], dloss=dloss[s])
+            dit_backward(terms.pop("grad"), cache, need_dx=False, release=True,
+                         sink=lambda group: total.add(shard, group))
+            return terms
+        except BaseException:
+            total.fail()  # so that no other worker waits for this one's gradients forever
+            raise
+
+    shards = parallel.each(forward_backward, list(enumerate(parallel.shards(N))))
+    grads = total.total
+    gnorm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    stats = {k: float(sum(float(p[k].sum()) for p in shards) / N) for k in ("loss", "mse", "vb") if k in shards[0]}
+    if not all(math.isfinite(v) for v in stats.values()) or not math.isfinite(gnorm):
+        return dict(stats, grad_norm=gnorm, finite=False)
+    opt.step(params, grads, parallel)
+    ema_update(ema, params, ema_decay, parallel)
+    return dict(stats, grad_norm=gnorm, finite=True)
+
+
+_ONE_PIECE = DataParallel(1)
+
+
+def build_parser():
+    ap = CommandParser(prog="python -m minidit.train", description="Train a class-conditional DiT.")
+    ap.add_argument("--model", default="minidit-Tiny/4", help=f"config name ({', '.join(DiT_models)})")
+    ap.add_argument("--depth", type=int, default=None, help="override the config's depth")
+    ap.add_argument("--hidden-size", type=int, default=None, help="override the config's hidden size")
+    ap.add_argument("--num-heads", type=int, default=None, help="override the config's heads")
+    ap.add_argument("--patch-size", type=int, default=None, help="override the config's patch size")
+    ap.add_argument("--block", default=None, help="block design override (minidit.blocks.BLOCK_DESIGNS)")
+    ap.add_argument("--data", default="shapes", help="'shapes' (built in, default), 'mnist' or an image folder")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--num-images", type=int, default=None, help="training images (shapes default 10,000)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2000, help="total training steps")
+    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
+    ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
+    ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
+    ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="data-parallel threads on the CPU (0: one per CPU, at most 8; 1: none)")
+    ap.add_argument("--out", default="runs/default", help="output directory")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    ap.add_argument("--overwrite", action="store_true", help="delete the run in --out (its own files) and start over")
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep (the newest)")
+    ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDPM steps of the sample grids")
+    ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the sample grids")
+    ap.add_argument("--vae", default=None, help="VAE checkpoint: train DiT on its latents (latent diffusion)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def _validate(ap, a):
+    check_positive(ap, a, ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size",
+                           "sample_steps", "lr"))
+    if not 0 <= a.weight_decay < math.inf:
+        ap.error(f"--weight-decay must be >= 0, got {a.weight_decay}")
+    if not 0 <= a.ema_decay < 1:
+        ap.error(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
+    if a.class_dropout is not None and not 0 <= a.class_dropout < 1:
+        ap.error(f"--class-dropout must be in [0, 1), got {a.class_dropout}")
+    if a.model not in DiT_models:
+        ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
+    if a.resume and a.overwrite:
+        ap.error("--resume and --overwrite contradict each other")
+    if a.workers < 0:
+        ap.error(f"--workers must be >= 0 (0 = one per CPU), got {a.workers}")
+    if not 1 <= a.cfg_scale < math.inf:
+        ap.error(f"--cfg-scale must be >= 1, got {a.cfg_scale}")
+
+
+def _config(args, data, encoder):
+    """The DiTConfig the arguments ask for, fitted to the data (or to the VAE's latents)."""
+    overrides = dict(input_size=args.image_size, in_channels=data.channels, num_classes=data.num_classes)
+    if encoder is not None:
+        overrides.update(input_size=encoder.latent_size(args.image_size), in_channels=encoder.latent_channels)
+    for name in ("block", "depth", "hidden_size", "num_heads", "patch_size"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.class_dropout is not None:
+        overrides["class_dropout_prob"] = args.class_dropout
+    return DiT_models[args.model](**overrides)
+
+
+def run(args, log=print):
+    """Train as the parsed arguments say; returns a summary dict. Raises TrainingDiverged."""
+    device = set_device(args.device)
+    run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
+    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
+    encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
+    cfg = _config(args, data, encoder)
+    diffusion = create_diffusion("", learn_sigma=cfg.learn_sigma)
+    rng = Generator(args.seed, device=device)
+    params = init_params(cfg, seed=args.seed, device=device)
+    ema = init_ema(params)
+    opt = AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
+    step = 0
+    workers = resolve_workers(args.workers, args.batch_size, device)
+    if args.resume:
+        meta, groups = load_checkpoint(run_dir.resume_from)
+        saved = meta.get("workers", workers)
+        if args.workers == 0:
+            workers = saved  # the count decides how float32 gradients are summed: keep it
+        elif saved != workers:
+            log(f"note: the run used {saved} workers and now {workers}; it will not match an "
+                f"uninterrupted run to the bit (sums round differently)")
+        if DiTConfig.from_dict(meta["config"]) != cfg:
+            raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
+                             f"arguments' {cfg.to_dict()}")
+        for k in params:
+            params[k][...] = groups["model"][k]
+            ema[k][...] = groups["ema"][k]
+        opt.load_state_dict({"step": meta["opt_step"], "m": groups["opt_m"], "v": groups["opt_v"]})
+        rng.set_state(meta["rng"])
+        loader.load_state_dict({**meta["loader"], "order": groups.get("loader", {}).get("order")})
+        step = meta["step"]
+        log(f"resumed {run_dir.path} at step {step}")
+    run_dir.start(step)
+
+    def save(step):
+        meta = dict(kind="dit", config=cfg.to_dict(), model_name=args.model, rng=rng.get_state(),
+                    opt_step=opt.step_count, loader={k: v for k, v in loader.state_dict().items() if k != "order"},
+                    class_names=data.class_names, dataset=str(args.data), image_size=args.image_size,
+                    args=vars(args), workers=workers, vae=args.vae, latent_scale=getattr(encoder, "scale", None))
+        order = loader.state_dict()["order"]
+        return run_dir.save(step, meta, model=params, ema=ema, opt_m=opt.m, opt_v=opt.v,
+                            **({"loader": {"order": order}} if order is not None else {}))
+
+    def sample_grid(step):
+        labels = np.repeat(np.arange(cfg.num_classes), 4 if cfg.num_classes <= 16 else 1)[:64]
+        decode = encoder.decode if encoder is not None else None
+        x = generate(ema, cfg, labels, args.sample_steps, "ddpm", args.cfg_scale, seed=0, device=device,
+                     decode=decode)
+        path = run_dir.path / "samples" / f"step_{step:07d}.png"
+        save_grid(to_uint8(x), labels, data.class_names, path,
+                  title=f"{args.model} EMA step {step}, DDPM {args.sample_steps} steps, guidance {args.cfg_scale:g}")
+        return path
+
+    n_params = sum(int(v.size) for v in params.values())
+    log(f"{args.model} ({cfg.block}, {n_params:,} trainable params, input {cfg.input_size}x{cfg.input_size}"
+        f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}"
+        f"{f' with {workers} data-parallel workers' if workers > 1 else ''}, {len(data)} training images")
+    from tqdm.auto import tqdm
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train", dynamic_ncols=True)
+    acc, t_last, start_step = [], time.perf_counter(), step
+    with DataParallel(workers) as parallel:
+        latents = None
+        if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
+            t_enc = time.perf_counter()
+            latents = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
+            log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s")
+        while step < args.steps:
+            x, y = next(loader)
+            if latents is not None:
+                x = latents.sample(loader.last_index, loader.last_flip, rng)
+            stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
+            step += 1
+            if not stats["finite"]:
+                bar.close()
+                raise TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm "
+                                       f"{stats['grad_norm']}); the last good checkpoint is "
+                                       f"{run_dir.last_checkpoint or 'none (no checkpoint written yet)'}")
+            acc.append(stats)
+            bar.update(1)
+            if step % args.log_every == 0 or step == args.steps:
+                synchronize()
+                now = time.perf_counter()
+                rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
+                       "steps_per_sec": len(acc) / (now - t_last),
+                       "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
+                run_dir.log(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
+                acc, t_last = [], now
+            if step % args.ckpt_every == 0 or step == args.steps:
+                save(step)
+                run_dir.plot_loss(title=f"{args.model} on {args.data}")
+            if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+                sample_grid(step)
+    bar.close()
+    last = run_dir.last_checkpoint
+    summary = {"out": str(run_dir.path), "step": step, "steps_this_run": step - start_step,
+               "checkpoint": str(last) if last else None}
+    log(f"done: step {step}, checkpoint {summary['checkpoint']}, samples in {run_dir.path / 'samples'}")
+    return summary
+
+
+def main(argv=None):
+    return run_command(build_parser(), _validate, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
