@@ -51,7 +51,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="NumPy BLAS threads")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--workers", type=int, default=0,
-                    help="data-parallel threads sharing the batch (0: one per CPU; minidit/parallel.py)")
+                    help="data-parallel threads sharing the batch (0: one per CPU; minidit/training/parallel.py)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and images")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

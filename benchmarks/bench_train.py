@@ -43,7 +43,7 @@ def build(name, batch, device, framework, train=True, seed=0, workers=1):
     """(train_step_fn or None, forward_fn, cfg) for one framework, from init_params(seed).
 
     train=False builds only what a forward needs (no EMA, no optimiser). workers > 1 runs
-    minidit data-parallel on that many threads, one BLAS thread each (minidit/parallel.py)."""
+    minidit data-parallel on that many threads, one BLAS thread each (minidit/training/parallel.py)."""
     from minidit.backend import Generator, get_array_module
     from minidit.diffusion import create_diffusion
     from minidit.model import dit_apply, get_config, init_params

@@ -179,9 +179,12 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(x, c))
 
 
+IMPLEMENTED_BLOCKS = {"adaLN-Zero"}  # the official code's design; the other three are minidit's alone
+
+
 def build_model(cfg, fused_attn=True):
     """A torch DiT from a minidit DiTConfig (or anything with the same fields); adaLN-Zero only."""
-    if getattr(cfg, "block", "adaLN-Zero") != "adaLN-Zero":
+    if getattr(cfg, "block", "adaLN-Zero") not in IMPLEMENTED_BLOCKS:
         raise ValueError(f"torch_dit implements only the adaLN-Zero block, not {cfg.block!r}")
     return DiT(cfg.input_size, cfg.patch_size, cfg.in_channels, cfg.hidden_size, cfg.depth,
                cfg.num_heads, cfg.mlp_ratio, cfg.class_dropout_prob, cfg.num_classes,

@@ -1,5 +1,4 @@
-"""The DiT block designs of paper section 3.2 (PAPER.md 1.5 and 1.10), their registry, and the
-final layer.
+"""The DiT block designs of paper section 3.2 (PAPER.md 1.5 and 1.10) and their registry.
 
 A design is one `BlockDesign` record in `BLOCK_DESIGNS`: its forward and backward, the shapes of
 its parameters, which of them the paper initialises to zero, its multiply-adds, and how it lets

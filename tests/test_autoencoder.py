@@ -58,12 +58,12 @@ def test_encode_decode_shapes(rng, f, size):
 
 
 def test_a_few_steps_lower_the_loss():
-    from minidit.training.data import load_dataset
+    from minidit.training.data import load_dataset, to_model_space
     cfg = VAEConfig(base_channels=8, ch_mult=(1, 2), num_groups=4)
     P = init_params(cfg, seed=0)
     opt = AdamW(P, lr=3e-3)
     ds = load_dataset("shapes", image_size=16, n=8)
-    x = ds.images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    x = to_model_space(ds.images)
     rng = Generator(0)
     losses = [train_vae.train_step(P, opt, cfg, x, rng, 1e-4)["loss"] for _ in range(30)]
     assert np.mean(losses[-5:]) < 0.4 * losses[0], losses

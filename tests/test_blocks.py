@@ -83,8 +83,7 @@ def test_condition_gradcheck(xp, rng, design):
 
 
 def test_registry_is_the_papers_four_designs_in_table_order():
-    assert list(BLOCK_DESIGNS) == ["in-context", "cross-attention", "adaLN", "adaLN-Zero"]
-    assert list(BLOCK_DESIGNS) == list(flops.PAPER_BLOCK_DESIGNS)
+    assert list(BLOCK_DESIGNS) == list(flops.PAPER_BLOCK_DESIGNS)  # Table 4's rows, in its order
     assert all(BLOCK_DESIGNS[n].name == n for n in BLOCK_DESIGNS)
 
 

@@ -1,14 +1,15 @@
-"""Tests for minidit.training.data and minidit.training.shapes: datasets, ADM's center crop, the batch stream (PAPER.md 4.1)."""
+"""minidit.training.data, shapes and folder: the datasets, ADM's center crop, the batch stream
+(PAPER.md 4.1)."""
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minidit.training import data
 from minidit.backend import Generator, to_numpy
-from minidit.training.data import (DataLoader, ImageDataset, center_crop_arr, load_dataset, load_image_folder,
-                          make_shapes)
+from minidit.training import data
+from minidit.training.data import DataLoader, ImageDataset, load_dataset, load_image_folder, make_shapes
+from minidit.training.folder import center_crop_arr, read_image
 
 
 # The built-in shapes dataset
@@ -199,7 +200,7 @@ def test_image_folder_16bit_variants(tmp_path):
     Image.frombytes("I;16B", (12, 10), a.astype(">u2").tobytes()).save(tmp_path / "big_endian.tif")
     Image.fromarray(a.astype(np.int32)).save(tmp_path / "mode_i.tif")                # mode "I"
     for name in ("big_endian.tif", "mode_i.tif"):
-        out = data.read_image(tmp_path / name, image_size=10, channels=1)[..., 0]
+        out = read_image(tmp_path / name, image_size=10, channels=1)[..., 0]
         assert np.median(out) == 128, name
 
 

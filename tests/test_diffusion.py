@@ -378,7 +378,7 @@ def test_sampler_lands_on_single_data_point(xp, spec, ddim):
 
 
 def test_sampler_reproducible_and_same_on_every_backend(xp):
-    base, d = create_diffusion(""), create_diffusion("ddim10")
+    d = create_diffusion("ddim10")
     dev = "gpu" if xp is not np else "cpu"
 
     def model_fn(x, t_orig):  # an arbitrary smooth model

@@ -8,7 +8,7 @@ from conftest import dit_inputs as _inputs, gradcheck, randomised_params, tiny_d
 from minidit.backend import Generator, to_numpy
 from minidit.blocks import BLOCK_DESIGNS
 from minidit.model import (DiT_models, DiTConfig, TEACHING_MODELS, apply_label_dropout,
-                           dit_backward, dit_forward, get_config, init_params, param_shapes)
+                           dit_backward, dit_forward, get_config, init_params)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -30,7 +30,7 @@ def test_model_zoo():
     assert all(n in DiT_models for n in names)
     cfg = DiT_models["DiT-S/2"](input_size=8, num_classes=10)
     assert (cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.patch_size) == (12, 384, 6, 2)
-    assert (cfg.input_size, cfg.num_classes, cfg.block) == (8, 10, "adaLN-Zero")
+    assert (cfg.input_size, cfg.num_classes) == (8, 10) and cfg.design is BLOCK_DESIGNS["adaLN-Zero"]
     assert DiT_models["DiT-XL/4"]().hidden_size // DiT_models["DiT-XL/4"]().num_heads == 72
     assert all(n.startswith("minidit-") for n in TEACHING_MODELS)  # ours, clearly named
     with pytest.raises(ValueError, match="unknown model"):

@@ -1,4 +1,4 @@
-"""Data-parallel training threads (minidit/parallel.py): the shards cover the batch, the summed
+"""Data-parallel training threads (minidit/training/parallel.py): the shards cover the batch, the summed
 shard gradients equal the whole batch's gradient, and a run with workers is deterministic."""
 import numpy as np
 import pytest
@@ -100,7 +100,7 @@ def test_gradient_sum_adds_in_shard_order_whatever_the_timing():
     ((g0 + g1) + g2), bit for bit, and the later workers' arrays are not kept."""
     import threading
     import time
-    from minidit.training.train import GradientSum
+    from minidit.training.parallel import GradientSum
     rng = np.random.default_rng(0)
     # float32 values of very different sizes, so that another order of addition rounds differently
     g = [{"w": (rng.standard_normal(1000) * 10.0 ** (3 * i)).astype(np.float32)} for i in range(3)]
@@ -121,7 +121,7 @@ def test_gradient_sum_adds_in_shard_order_whatever_the_timing():
 
 def test_gradient_sum_releases_waiting_workers_when_one_fails():
     import threading
-    from minidit.training.train import GradientSum
+    from minidit.training.parallel import GradientSum
     total, errors = GradientSum(), []
 
     def second_worker():

@@ -1,7 +1,5 @@
 """The sampling command: PNG grid and ADM-format .npz from a checkpoint, reproducible by seed,
 and clear errors (status 2, one line) for bad class ids, guidance, counts and foreign files."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -63,17 +61,3 @@ def test_foreign_checkpoint_gets_a_hint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample.main(["--ckpt", str(tmp_path / "missing"), "--no-progress"])
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_a_latent_checkpoints_relative_vae_path_is_found_from_any_directory(tmp_path, monkeypatch):
-    from minidit.training.sample import find_vae
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "vae.npz").write_bytes(b"x")
-    ckpt = run / "model.npz"
-    monkeypatch.chdir(tmp_path)
-    assert find_vae("run/vae.npz", ckpt) == Path("run/vae.npz")          # relative to the cwd first
-    monkeypatch.chdir("/")
-    assert find_vae("vae.npz", ckpt) == run / "vae.npz"                  # then beside the checkpoint
-    assert find_vae("data/vae_shapes32.npz", ckpt).exists()              # then in the project folder
-    assert find_vae("missing.npz", ckpt) == Path("missing.npz")

@@ -20,16 +20,18 @@ def fast_mode():
 
 
 def show_source(func, first=None, last=None):
-    """Print a function's source with the file line it starts at; with `first` and `last`, only
-    the lines from the one containing `first` to the next one containing `last`."""
+    """Print the source of a function, class or module with the file line it starts at; with
+    `first`, only the lines from the one containing `first` to the next one containing `last`
+    (to the end when last is None)."""
     lines, start = inspect.getsourcelines(func)
-    name = f"{func.__module__}.{func.__qualname__}"
+    start = max(start, 1)  # a module starts at line 1 (inspect says 0)
+    name = func.__name__ if inspect.ismodule(func) else f"{func.__module__}.{func.__qualname__}"
     if first is None:
         print(f"# {name}  (line {start})")
         print("".join(lines))
         return
     i = next(k for k, line in enumerate(lines) if first in line)
-    j = next(k for k in range(i, len(lines)) if last in lines[k])
+    j = len(lines) - 1 if last is None else next(k for k in range(i, len(lines)) if last in lines[k])
     print(f"# {name}, lines {start + i}-{start + j}")
     print("".join(lines[i:j + 1]))
 

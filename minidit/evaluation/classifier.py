@@ -9,7 +9,7 @@ minidit.layers, not taken from minidit.blocks: the instrument that scores every 
 not change when a DiT block does (the shipped classifier file stays valid).
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 """Scoring generated samples (the paper's section 4 evaluation, scaled down to minidit's data).
 
 The paper reports FID on Inception-V3 features of 50K samples. minidit has neither ImageNet nor
-Inception, so it judges samples with its own small classifier (minidit.classifier): the class
+Inception, so it judges samples with its own small classifier (classifier.py): the class
 accuracy of samples (does a sample of class k look like class k?) and a Fréchet distance on the
 classifier's pooled features. That distance is NOT FID: its numbers are only comparable with
 other runs scored by the same classifier file on the same number of images, so every report
@@ -22,7 +22,7 @@ from ..backend import resolve_device, to_device, to_numpy
 from ..training.checkpoint import shipped_file
 from ..training.cli import CommandParser
 from ..training.data import load_dataset
-from ..training.rundir import RunDir
+from ..training.rundir import RunDir, add_run_arguments
 from .classifier import ClassifierConfig, features, images_to_input, load_classifier
 from .train_classifier import run as run_train_classifier
 
@@ -171,11 +171,7 @@ def _build_parser():
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train-classifier", help="train the evaluation classifier in a run directory")
     t.add_argument("--data", default="shapes", help="shapes, mnist, or an image folder")
-    t.add_argument("--out", required=True, help="run directory; the classifier is written to OUT/classifier.npz")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="delete the run in --out (its own files) and start over")
-    t.add_argument("--ckpt-every", type=_positive, default=500)
-    t.add_argument("--keep", type=_positive, default=2, help="checkpoints to keep (the newest)")
+    add_run_arguments(t, out=None, required=True, log_every=None)  # the classifier: OUT/classifier.npz
     t.add_argument("--image-size", type=_positive, default=32)
     t.add_argument("--n-train", type=_positive, default=None,
                    help="training images (default: the dataset's own, shapes 10000)")
@@ -217,8 +213,10 @@ def main(argv=None):
     try:
         device = resolve_device(args.device)
         if args.command == "train-classifier":
-            if not args.lr > 0 or not np.isfinite(args.lr):
-                raise ValueError(f"--lr must be positive, got {args.lr}")
+            for name in ("lr", "ckpt_every", "keep") + (("log_every",) if args.log_every is not None else ()):
+                v = getattr(args, name)
+                if not (v > 0 and np.isfinite(v)):
+                    raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
             run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, outputs=("classifier.npz",))
             args.device = device
             run_train_classifier(args, run_dir, "python -m minidit.evaluate " + shlex.join(argv))

@@ -16,6 +16,7 @@ from ..layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from ..training.checkpoint import load_checkpoint
 from ..training.data import DataLoader, ImageDataset, load_dataset
 from ..training.optim import AdamW
+from ..training.rundir import restore_training_state, training_state
 from .classifier import (ClassifierConfig, accuracy, classifier_backward, classifier_forward,
                          init_classifier, save_classifier)
 
@@ -29,13 +30,13 @@ def lr_at(step, steps, lr, warmup):
 
 def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device=None,
                      progress=True, config=None, test_dataset=None, weight_decay=0.05,
-                     run_dir=None, ckpt_every=500):
+                     run_dir=None, ckpt_every=500, log_every=None):
     """Train a classifier from scratch on an ImageDataset; returns (params, meta).
 
     `config`: a ClassifierConfig or a dict of overrides; image size, channels and classes always
     follow the dataset. With `test_dataset` the held-out accuracy is measured and stored in meta.
-    With `run_dir` (a minidit.training.rundir.RunDir) the loss is logged there and a checkpoint
-    written every `ckpt_every` steps; a run_dir asked to resume continues its newest checkpoint
+    With `run_dir` (a minidit.training.rundir.RunDir) the loss is logged there (every
+    `log_every` steps, default steps / 100) and a checkpoint written every `ckpt_every` steps; a run_dir asked to resume continues its newest checkpoint
     bit for bit. params are host float32 NumPy arrays; meta is JSON-able (see save_classifier).
     """
     device = resolve_device(device)
@@ -47,7 +48,7 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
     opt = AdamW(P, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
     rng = Generator(seed, device)
     loader = DataLoader(dataset, batch_size, rng, flip=True, device=device)
-    every = max(1, steps // 100)  # the loss curve keeps about 100 points
+    every = log_every or max(1, steps // 100)  # by default the loss curve keeps about 100 points
     curve, window, t0, start = [], [], time.perf_counter(), 0
     if run_dir is not None and run_dir.resume_from is not None:
         meta, groups = load_checkpoint(run_dir.resume_from)
@@ -56,14 +57,12 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
                              f"for {meta.get('steps')} steps, the arguments ask for {asdict(cfg)} and {steps}")
         for k in P:
             P[k][...] = to_device(groups["model"][k], device)
-        opt.load_state_dict({"step": meta["opt_step"], "m": groups["opt_m"], "v": groups["opt_v"]})
-        rng.set_state(meta["rng"])
-        loader.load_state_dict({**meta["loader"], "order": groups.get("loader", {}).get("order")})
+        restore_training_state(meta, groups, opt, rng, loader)
         start, curve = meta["step"], meta["loss_curve"]
     if run_dir is not None:
         run_dir.start(start)
 
-    def describe(step):
+    def describe():
         return {"config": asdict(cfg), "dataset": dataset.name, "image_size": cfg.image_size,
                 "channels": cfg.in_channels, "class_names": list(dataset.class_names),
                 "n_train": len(dataset), "steps": steps, "batch_size": batch_size, "lr": lr,
@@ -83,18 +82,15 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
             if run_dir is not None:
                 run_dir.log({"step": step + 1, "loss": curve[-1][1], "lr": opt.lr})
         if run_dir is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
-            order = loader.state_dict()["order"]
-            run_dir.save(step + 1, {**describe(step + 1), "kind": "classifier", "rng": rng.get_state(),
-                                    "opt_step": opt.step_count,
-                                    "loader": {k: v for k, v in loader.state_dict().items() if k != "order"}},
-                         model=P, opt_m=opt.m, opt_v=opt.v, **({"loader": {"order": order}} if order is not None else {}))
+            state, groups = training_state(opt, rng, loader)
+            run_dir.save(step + 1, {**describe(), "kind": "classifier", **state}, model=P, **groups)
             run_dir.plot_loss("evaluation classifier: cross-entropy", keys=("loss",))
         if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
             print(f"step {step + 1}/{steps}  loss {curve[-1][1]:.4f}  "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
     synchronize(device)
     params = to_numpy(P)
-    meta = {**describe(steps), "train_seconds": round(time.perf_counter() - t0, 1),
+    meta = {**describe(), "train_seconds": round(time.perf_counter() - t0, 1),
             "heldout_accuracy": None, "heldout_n": 0, "command": None}
     if test_dataset is not None:
         meta["heldout_accuracy"] = accuracy(params, meta, test_dataset)
@@ -120,7 +116,8 @@ def run(args, run_dir, command, log=print):
     train, held = datasets_for_training(args.data, args.image_size, args.n_train, args.seed)
     config = dict(hidden_size=args.hidden_size, depth=args.depth, num_heads=args.num_heads)
     params, meta = train_classifier(train, args.steps, args.batch_size, args.lr, args.seed, args.device,
-                                    not args.quiet, config, held, run_dir=run_dir, ckpt_every=args.ckpt_every)
+                                    not args.quiet, config, held, run_dir=run_dir, ckpt_every=args.ckpt_every,
+                                    log_every=args.log_every)
     meta["command"] = command
     meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
     out = save_classifier(run_dir.path / "classifier.npz", params, meta)

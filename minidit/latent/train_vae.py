@@ -14,10 +14,10 @@ import numpy as np
 
 from ..backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.cli import CommandParser, TrainingDiverged, check_positive, run_command
+from ..training.cli import CommandParser, check_positive, run_command
 from ..training.data import DataLoader, load_dataset, to_model_space
 from ..training.optim import AdamW
-from ..training.rundir import RunDir
+from ..training.rundir import RunDir, add_run_arguments, restore_training_state, training_state
 from ..training.viz import save_grid, to_uint8
 from .autoencoder import (CH_MULT, VAEConfig, VAEEncoder, init_params, psnr, vae_backward, vae_config,
                           vae_forward)
@@ -87,12 +87,7 @@ def build_parser():
     ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
-    ap.add_argument("--out", default="runs/vae", help="output directory")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    ap.add_argument("--overwrite", action="store_true", help="delete the run in --out (its own files) and start over")
-    ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--ckpt-every", type=int, default=500)
-    ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep (the newest)")
+    add_run_arguments(ap, out="runs/vae")
     ap.add_argument("--scale-images", type=int, default=2048, help="training images the latent scale is measured on")
     ap.add_argument("--eval-images", type=int, default=1000, help="held-out images for the PSNR")
     ap.add_argument("--no-progress", action="store_true")
@@ -148,23 +143,18 @@ def run(args, log=print):
                              f"arguments' {cfg.to_dict()}")
         for k in params:
             params[k][...] = to_device(groups["model"][k], device)
-        opt.load_state_dict({"step": meta["opt_step"], "m": groups["opt_m"], "v": groups["opt_v"]})
-        rng.set_state(meta["rng"])
-        loader.load_state_dict({**meta["loader"], "order": groups.get("loader", {}).get("order")})
+        restore_training_state(meta, groups, opt, rng, loader)
         step = meta["step"]
         log(f"resumed {out} at step {step}")
 
     run_dir.start(step)
 
     def save(step, **final):  # final: latent_scale and held_out_psnr, known only at the end
-        meta = dict(kind="vae", step=step, config=cfg.to_dict(), rng=rng.get_state(), opt_step=opt.step_count,
-                    loader={k: v for k, v in loader.state_dict().items() if k != "order"},
-                    dataset=str(args.data), image_size=args.image_size, kl_weight=args.kl_weight,
-                    args=vars(args), **{"latent_scale": None, **final})
-        order = loader.state_dict()["order"]
-        path = run_dir.save(step, meta, model=params, opt_m=opt.m, opt_v=opt.v,
-                            **({"loader": {"order": order}} if order is not None else {}))
-        return path, meta
+        state, groups = training_state(opt, rng, loader)
+        meta = dict(kind="vae", step=step, config=cfg.to_dict(), dataset=str(args.data),
+                    image_size=args.image_size, kl_weight=args.kl_weight, args=vars(args),
+                    **{"latent_scale": None, **final}, **state)
+        return run_dir.save(step, meta, model=params, **groups), meta
     n_params = sum(int(v.size) for v in params.values())
     log(f"VAE f={cfg.downsample} ch_mult={cfg.ch_mult} base {cfg.base_channels} ({n_params:,} params): "
         f"{args.image_size}x{args.image_size}x{cfg.in_channels} -> {args.image_size // cfg.downsample}^2 x "
@@ -179,8 +169,7 @@ def run(args, log=print):
         step += 1
         if not stats["finite"]:
             bar.close()
-            raise TrainingDiverged(f"loss became {stats['loss']} at step {step}; the last good checkpoint "
-                                   f"is {run_dir.last_checkpoint or 'none (no checkpoint written yet)'}")
+            raise run_dir.diverged(step, stats)
         acc.append(stats)
         bar.update(1)
         if step % args.log_every == 0 or step == args.steps:

@@ -6,7 +6,20 @@ lays every k x k window of the padded input out as a column (no copy until the m
 one), and the kernel, viewed as a (C_out, C_in*k*k) matrix, multiplies all columns at once.
 The weight keeps PyTorch's layout (C_out, C_in, kh, kw), so SD-VAE weights load unchanged.
 """
+from typing import NamedTuple
+
 from ..backend import get_array_module
+
+
+class Conv2dCache(NamedTuple):
+    """The im2col matrix (N, C_in*kh*kw, Ho*Wo) the weight gradient needs, the weight, whether b
+    was given, the stride, the padding and the input's shape."""
+    cols: object
+    w: object
+    has_bias: bool
+    stride: int
+    pad: int
+    x_shape: tuple
 
 
 def _windows(xpad, kh, kw, stride, Ho, Wo):
@@ -42,7 +55,7 @@ def conv2d_forward(x, w, b=None, stride=1, pad=0):
     out = xp.matmul(w.reshape(Co, C * kh * kw), cols)  # (C_out, K) @ (N, K, L) -> (N, C_out, L)
     if b is not None:
         out += b[:, None]
-    return out.reshape(N, Co, Ho, Wo), (cols, w, b is not None, stride, pad, x.shape)
+    return out.reshape(N, Co, Ho, Wo), Conv2dCache(cols, w, b is not None, stride, pad, tuple(x.shape))
 
 
 def conv2d_backward(dout, cache, need_dx=True):

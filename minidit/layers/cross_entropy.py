@@ -1,6 +1,6 @@
 """Softmax cross-entropy over class logits, the loss of the small classifier that judges
-generated samples (minidit.classifier, used by minidit.evaluate). DiT itself never uses it:
-the diffusion loss is the MSE and variational bound of minidit.diffusion_losses.
+generated samples (minidit.evaluation.classifier). DiT itself never uses it:
+the diffusion loss is the MSE and variational bound of minidit.diffusion.losses.
 """
 from ..backend import get_array_module
 

@@ -41,7 +41,7 @@ class AdamW:
         """One update of every parameter, in place; returns nothing.
 
         The order of operations is torch.optim.AdamW's single-tensor path, so a float32 run
-        stays within rounding of PyTorch's. parallel: an entered minidit.parallel.DataParallel
+        stays within rounding of PyTorch's. parallel: an entered minidit.training.parallel.DataParallel
         to update different parameters on different worker threads (the same numbers).
         """
         _check_like(self.m, params, "params")

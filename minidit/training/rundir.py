@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import checkpoints_of, save_checkpoint
+from .cli import TrainingDiverged
 from .viz import plot_loss_curve, read_log
 
 
@@ -79,6 +80,43 @@ class RunDir:
         self.last_checkpoint = path
         return path
 
+    def diverged(self, step, stats):
+        """The TrainingDiverged error for a non-finite loss at `step`, naming the last good checkpoint."""
+        return TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm {stats['grad_norm']}); "
+                                f"the last good checkpoint is {self.last_checkpoint or 'none (none written yet)'}")
+
     def plot_loss(self, title, keys=("loss", "mse", "vb")):
         """loss.png from log.jsonl (nothing to draw before the first log record)."""
         return plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
+
+
+def add_run_arguments(ap, out, log_every=25, ckpt_every=500, required=False):
+    """The flags of a run directory, the same on every training command."""
+    ap.add_argument("--out", default=None if required else out, required=required,
+                    help=f"run directory{'' if required else f' (default {out})'}")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="delete the run in --out (only the files a run writes) and start over")
+    ap.add_argument("--log-every", type=int, default=log_every,
+                    help="steps between log.jsonl records" + ("" if log_every else " (default: steps / 100)"))
+    ap.add_argument("--ckpt-every", type=int, default=ckpt_every, help="steps between checkpoints")
+    ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep (the newest)")
+
+
+def training_state(opt, rng, loader):
+    """(meta entries, array groups) that make a run resume bit for bit: the optimiser's step and
+    moments, the random generator's state, the data stream's epoch, position and order."""
+    state = loader.state_dict()
+    meta = {"rng": rng.get_state(), "opt_step": opt.step_count,
+            "loader": {k: v for k, v in state.items() if k != "order"}}
+    groups = {"opt_m": opt.m, "opt_v": opt.v}
+    if state["order"] is not None:
+        groups["loader"] = {"order": state["order"]}
+    return meta, groups
+
+
+def restore_training_state(meta, groups, opt, rng, loader):
+    """Put back what training_state saved (the model's own weights are the caller's)."""
+    opt.load_state_dict({"step": meta["opt_step"], "m": groups["opt_m"], "v": groups["opt_v"]})
+    rng.set_state(meta["rng"])
+    loader.load_state_dict({**meta["loader"], "order": groups.get("loader", {}).get("order")})

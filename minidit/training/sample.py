@@ -28,7 +28,7 @@ def generate(params, cfg, labels, num_steps=250, sampler="ddpm", guidance_scale=
     sampler "ddpm" respaces to `num_steps` ("250" as the paper) and "ddim" uses "ddim<num_steps>".
     All noise comes from Generator(seed), so a seed reproduces the samples on CPU and GPU.
     workers: CPU threads that each run the model on a slice of the batch (0: one per CPU, see
-    minidit.parallel); the images do not depend on it beyond float32 rounding.
+    minidit.training.parallel); the images do not depend on it beyond float32 rounding.
     """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}: choose 'ddpm' or 'ddim'")

@@ -4,7 +4,7 @@ DiT is a class-conditional model (PAPER.md 1.4, 3.1) trained on ImageNet (sectio
 too big for a laptop, so minidit draws its own small labelled RGB images: 5 shapes x 2 colour
 families = 10 classes, with enough nuisance variation that a model must learn the classes rather
 than memorise pictures. No download and no extra package: the same seed gives the same bytes.
-Use it through `minidit.data.make_shapes` or `minidit.data.load_dataset("shapes")`.
+Use it through `minidit.training.data.make_shapes` or `minidit.training.data.load_dataset("shapes")`.
 """
 import numpy as np
 

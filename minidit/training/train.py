@@ -11,14 +11,15 @@ import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize
 from ..diffusion import create_diffusion
+from ..flops import count_params
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from ..latent.autoencoder import EncodedDataset, load_vae_encoder
 from .checkpoint import load_checkpoint
-from .cli import CommandParser, TrainingDiverged, check_positive, run_command
+from .cli import CommandParser, check_positive, run_command
 from .data import DataLoader, load_dataset
 from .optim import AdamW, ema_update, init_ema
 from .parallel import DataParallel, GradientSum, resolve_workers
-from .rundir import RunDir
+from .rundir import RunDir, add_run_arguments, restore_training_state, training_state
 from .sample import generate
 from .viz import save_grid, to_uint8
 
@@ -88,12 +89,7 @@ def build_parser():
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
     ap.add_argument("--workers", type=int, default=0,
                     help="data-parallel threads on the CPU (0: one per CPU, at most 8; 1: none)")
-    ap.add_argument("--out", default="runs/default", help="output directory")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    ap.add_argument("--overwrite", action="store_true", help="delete the run in --out (its own files) and start over")
-    ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--ckpt-every", type=int, default=500)
-    ap.add_argument("--keep", type=int, default=2, help="checkpoints to keep (the newest)")
+    add_run_arguments(ap, out="runs/default")
     ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
     ap.add_argument("--sample-steps", type=int, default=50, help="DDPM steps of the sample grids")
     ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the sample grids")
@@ -121,7 +117,7 @@ def _validate(ap, a):
         ap.error(f"--cfg-scale must be >= 1, got {a.cfg_scale}")
 
 
-def _config(args, data, encoder):
+def config_for(args, data, encoder=None):
     """The DiTConfig the arguments ask for, fitted to the data (or to the VAE's latents)."""
     overrides = dict(input_size=args.image_size, in_channels=data.channels, num_classes=data.num_classes)
     if encoder is not None:
@@ -140,7 +136,7 @@ def run(args, log=print):
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
-    cfg = _config(args, data, encoder)
+    cfg = config_for(args, data, encoder)
     diffusion = create_diffusion("", learn_sigma=cfg.learn_sigma)
     rng = Generator(args.seed, device=device)
     params = init_params(cfg, seed=args.seed, device=device)
@@ -163,21 +159,17 @@ def run(args, log=print):
         for k in params:
             params[k][...] = groups["model"][k]
             ema[k][...] = groups["ema"][k]
-        opt.load_state_dict({"step": meta["opt_step"], "m": groups["opt_m"], "v": groups["opt_v"]})
-        rng.set_state(meta["rng"])
-        loader.load_state_dict({**meta["loader"], "order": groups.get("loader", {}).get("order")})
+        restore_training_state(meta, groups, opt, rng, loader)
         step = meta["step"]
         log(f"resumed {run_dir.path} at step {step}")
     run_dir.start(step)
 
     def save(step):
-        meta = dict(kind="dit", config=cfg.to_dict(), model_name=args.model, rng=rng.get_state(),
-                    opt_step=opt.step_count, loader={k: v for k, v in loader.state_dict().items() if k != "order"},
-                    class_names=data.class_names, dataset=str(args.data), image_size=args.image_size,
-                    args=vars(args), workers=workers, vae=args.vae, latent_scale=getattr(encoder, "scale", None))
-        order = loader.state_dict()["order"]
-        return run_dir.save(step, meta, model=params, ema=ema, opt_m=opt.m, opt_v=opt.v,
-                            **({"loader": {"order": order}} if order is not None else {}))
+        state, groups = training_state(opt, rng, loader)
+        meta = dict(kind="dit", config=cfg.to_dict(), model_name=args.model, class_names=data.class_names,
+                    dataset=str(args.data), image_size=args.image_size, args=vars(args), workers=workers,
+                    vae=args.vae, latent_scale=getattr(encoder, "scale", None), **state)
+        return run_dir.save(step, meta, model=params, ema=ema, **groups)
 
     def sample_grid(step):
         labels = np.repeat(np.arange(cfg.num_classes), 4 if cfg.num_classes <= 16 else 1)[:64]
@@ -189,7 +181,7 @@ def run(args, log=print):
                   title=f"{args.model} EMA step {step}, DDPM {args.sample_steps} steps, guidance {args.cfg_scale:g}")
         return path
 
-    n_params = sum(int(v.size) for v in params.values())
+    n_params = count_params(cfg)["trainable"]
     log(f"{args.model} ({cfg.block}, {n_params:,} trainable params, input {cfg.input_size}x{cfg.input_size}"
         f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}"
         f"{f' with {workers} data-parallel workers' if workers > 1 else ''}, {len(data)} training images")
@@ -210,9 +202,7 @@ def run(args, log=print):
             step += 1
             if not stats["finite"]:
                 bar.close()
-                raise TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm "
-                                       f"{stats['grad_norm']}); the last good checkpoint is "
-                                       f"{run_dir.last_checkpoint or 'none (no checkpoint written yet)'}")
+                raise run_dir.diverged(step, stats)
             acc.append(stats)
             bar.update(1)
             if step % args.log_every == 0 or step == args.steps:
