@@ -2,7 +2,9 @@
 environment, and run from another directory: the package, its shipped models and the exercise
 tooling are found without the source checkout. The wheel is built from a copy of the package
 with the running interpreter, and the new environment borrows the running one's dependencies
-(numpy, pillow, ...) through a .pth file, so the test needs no network."""
+(numpy, pillow, ...) through a .pth file. The wheel builds offline when the running environment
+can build wheels (setuptools >= 70.1, or an older one with `wheel`); otherwise pip fetches a
+build environment from the package index, as `pip install .` would."""
 import os
 import shutil
 import subprocess
@@ -33,8 +35,7 @@ def installed(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "wheel"), str(src)]
-    # with setuptools at hand the wheel builds offline; without, pip fetches it (PyPI)
-    _run(cmd + (["--no-build-isolation"] if _has_setuptools() else []), cwd=tmp)
+    _run(cmd + (["--no-build-isolation"] if _can_build_offline() else []), cwd=tmp)
     wheel = next((tmp / "wheel").glob("minidit-*.whl"))
     _run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], cwd=tmp)
     python = tmp / "venv" / "bin" / "python"
@@ -48,9 +49,15 @@ def installed(tmp_path_factory):
     return python, elsewhere
 
 
-def _has_setuptools():
+def _can_build_offline():
+    """True when this environment's setuptools builds wheels by itself (bdist_wheel moved into
+    setuptools in 70.1; before, it came with the `wheel` package)."""
+    import importlib.metadata
     import importlib.util
-    return importlib.util.find_spec("setuptools") is not None
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    version = tuple(int(p) for p in importlib.metadata.version("setuptools").split(".")[:2] if p.isdigit())
+    return version >= (70, 1) or importlib.util.find_spec("wheel") is not None
 
 
 @pytest.mark.slow
