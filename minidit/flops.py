@@ -4,8 +4,7 @@ image, without guidance doubling and without the VAE.
 
 Run `python -m minidit.flops` to print the paper's table side by side with ours.
 """
-import argparse
-
+from .cli import CommandParser, run_command
 from .model import FREQ_DIM, DiT_models, param_shapes
 
 # The paper's Table 4 (params in millions, Gflops), PAPER.md 2.3.
@@ -75,34 +74,36 @@ def paper_table():
     return rows
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m minidit.flops",
-                                 description="Parameters and Gflops of DiT models, against the paper.")
-    ap.add_argument("--model", help="print one model (any name of minidit.model.DiT_models) instead")
-    ap.add_argument("--block", default=None, help="block design for --model")
-    ap.add_argument("--input-size", type=int, default=None, help="latent/pixel side for --model")
-    args = ap.parse_args(argv)
-    if not args.model and (args.block or args.input_size):
-        ap.error("--block and --input-size describe the model given with --model")
+def _print(args):
     if args.model:
         if args.model not in DiT_models:
-            ap.error(f"unknown model {args.model!r}; known: {', '.join(DiT_models)}")
+            raise ValueError(f"unknown --model {args.model!r}; known: {', '.join(DiT_models)}")
         kw = {k: v for k, v in (("block", args.block), ("input_size", args.input_size)) if v is not None}
-        try:
-            cfg = DiT_models[args.model](**kw)
-        except ValueError as e:
-            ap.error(str(e))
+        cfg = DiT_models[args.model](**kw)
         n = count_params(cfg)
         print(f"{args.model} ({cfg.block}, input {cfg.input_size}, T={cfg.num_tokens}): "
               f"params {n['all']:,} (trainable {n['trainable']:,}), {gflops(cfg):.4f} Gflops")
-        return 0
+        return
     print("DiT models at 256 px (latent 32x32x4, 1000 classes); Gflops = G multiply-accumulates "
           "per forward of one image")
     print(f"{'model':<28}{'params (M)':>12}{'paper':>8}{'Gflops':>10}{'paper':>9}{'diff':>8}")
     for name, ours_p, paper_p, ours_g, paper_g in paper_table():
         print(f"{name:<28}{ours_p:>12.2f}{paper_p:>8}{ours_g:>10.3f}{paper_g:>9.2f}{ours_g - paper_g:>+8.3f}")
     print("params: trainable, i.e. without the fixed position table (the paper's convention)")
-    return 0
+
+
+def _validate(ap, args):
+    if not args.model and (args.block or args.input_size):
+        ap.error("--block and --input-size describe the model given with --model")
+
+
+def main(argv=None):
+    ap = CommandParser(prog="python -m minidit.flops",
+                       description="Parameters and Gflops of DiT models, against the paper.")
+    ap.add_argument("--model", help="print one model (any name of minidit.model.DiT_models) instead")
+    ap.add_argument("--block", default=None, help="block design for --model")
+    ap.add_argument("--input-size", type=int, default=None, help="latent/pixel side for --model")
+    return run_command(ap, _print, argv, validate=_validate)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from minidit.training.viz import read_log
 
 
 def _run_with_checkpoints(path, steps, logged):
-    rd = RunDir(path, keep=10).start()
+    rd = RunDir(path, keep=10, overwrite=path.exists()).start()
     for s in range(1, logged + 1):
         rd.log({"step": s, "loss": 1.0 / s})
     for s in steps:
@@ -34,18 +34,50 @@ def test_requests_are_checked_against_the_disk(tmp_path):
     assert not (tmp_path / "a").exists()  # checking creates nothing
 
 
-def test_overwrite_removes_only_the_runs_own_files(tmp_path):
+def test_overwrite_removes_a_runs_files_and_refuses_a_folder_with_others(tmp_path):
     run = tmp_path / "run"
-    _run_with_checkpoints(run, [1, 2], logged=2)
+    _run_with_checkpoints(run, [1, 2], logged=2).close()
     (run / "samples").mkdir()
     (run / "samples" / "step_0000002.png").write_bytes(b"png")
     (run / "vae.npz").write_bytes(b"x")
-    (run / "my_notes.txt").write_text("keep me")
-    (run / "data").mkdir()
+    (run / "checkpoints" / ".step_0000003.npz.abc.tmp.npz").write_bytes(b"half")  # a killed write
     rd = RunDir(run, overwrite=True, outputs=("vae.npz",))
     assert checkpoints_of(run)  # nothing is deleted before start(): the command validates first
     rd.start()
-    assert sorted(p.name for p in run.iterdir()) == ["data", "my_notes.txt"]
+    rd.close()
+    assert sorted(p.name for p in run.iterdir()) == []
+    _run_with_checkpoints(run, [1], logged=1).close()
+    (run / "my_notes.txt").write_text("keep me")
+    (run / "checkpoints" / "best.npz").write_bytes(b"mine")  # not a name a run writes
+    with pytest.raises(FileExistsError, match=r"did not write \(checkpoints, my_notes.txt\)"):
+        RunDir(run, overwrite=True)
+    assert (run / "my_notes.txt").read_text() == "keep me" and (run / "checkpoints" / "best.npz").exists()
+    with pytest.raises(FileExistsError, match="did not write"):
+        RunDir(tmp_path, overwrite=True)  # --out . --overwrite in a project folder
+
+
+def test_a_second_run_on_the_folder_stops_at_once_and_a_stale_lock_is_taken_over(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    first = RunDir(tmp_path / "run").start()
+    assert json.loads((tmp_path / "run" / ".minidit.lock").read_text())["pid"] == os.getpid()
+    first.close()
+    assert not (tmp_path / "run" / ".minidit.lock").exists()
+    # another process holds the folder
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run" / ".minidit.lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        with pytest.raises(FileExistsError, match=f"process {sleeper.pid}"):
+            RunDir(tmp_path / "run")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    rd = RunDir(tmp_path / "run").start()  # its process is gone: the lock is stale and taken over
+    assert json.loads((tmp_path / "run" / ".minidit.lock").read_text())["pid"] == os.getpid()
+    rd.close()
 
 
 def test_resume_keeps_the_log_up_to_its_checkpoint(tmp_path):

@@ -77,12 +77,16 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "2"])
     assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
-    (tmp_path / "run" / "notes.txt").write_text("mine")  # a user's file in the run folder
     with pytest.raises(SystemExit):  # a bad argument deletes nothing
         train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "2", "--overwrite", "--data", "/no/such"])
     assert checkpoints_of(tmp_path / "run")
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # a user's file in the run folder
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--out", str(tmp_path / "run"), "--steps", "2", "--overwrite"])
+    assert e.value.code == 2 and "notes.txt" in capsys.readouterr().err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine" and checkpoints_of(tmp_path / "run")
+    (tmp_path / "run" / "notes.txt").unlink()
     train.run(_args(tmp_path, "--steps", "2", "--overwrite", "--ckpt-every", "1", "--keep", "5"), log=lambda *a: None)
-    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # --overwrite removes only the run's files
     assert [p.name for p in checkpoints_of(tmp_path / "run")] == ["step_0000001.npz", "step_0000002.npz"]
 
 

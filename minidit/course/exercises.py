@@ -18,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ..training.cli import CommandParser
+from ..cli import CommandParser, run_command
 from . import autograder
 from .markers import ROOT, find_exercises, find_function, is_stub, select
 
@@ -110,6 +110,8 @@ def make(out, only=None, root=ROOT, force=False):
         if is_stub(find_function(ast.parse((root / ex.file).read_text()), ex.name)):
             raise ValueError(f"{root} is itself a student edition ({ex.name} has no reference body); "
                              "make the edition from the teacher's checkout")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty (use --force to overwrite its copy of minidit)")
     _warn_if_dirty(root)
@@ -190,28 +192,37 @@ def main(argv=None):
     rs.add_argument("names", nargs="?", help="comma-separated exercises or file stems")
     rs.add_argument("--all", action="store_true", help="restore every exercise")
     rs.add_argument("--src", default=ROOT, help="checkout with the reference bodies (default: this one)")
-    a = ap.parse_args(argv)
-    try:
-        if a.cmd == "list" or (a.cmd == "make" and a.list):
-            print(format_list(select(find_exercises(getattr(a, "src", ROOT)), _names(getattr(a, "only", None)))))
-        elif a.cmd == "make":
-            if not a.out:
-                ap.error("make needs --out DIR")
-            chosen = make(a.out, _names(a.only), root=a.src, force=a.force)
-            print(f"wrote a student edition to {a.out} with {len(chosen)} exercises removed:"
-                  f" {', '.join(e.name for e in chosen) or '(none)'}\n"
-                  f"grade it with: python -m minidit.exercises grade {a.out}")
-        elif a.cmd == "grade":
-            return grade(a.dir, _names(a.only), verbose=a.verbose).exit_code
-        else:
-            if not a.names and not a.all:
-                ap.error("restore needs exercise names or --all")
-            done = restore(a.dir, None if a.all else _names(a.names), root=a.src)
-            print(f"restored {len(done)} reference bodies in {a.dir}: {', '.join(e.name for e in done)}")
-    except (ValueError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(ap, lambda a: _run(ap, a), argv)
+
+
+def _run(ap, a):
+    if a.cmd == "list" or (a.cmd == "make" and a.list):
+        print(format_list(select(find_exercises(getattr(a, "src", ROOT)), _names(getattr(a, "only", None)))))
+    elif a.cmd == "make":
+        if not a.out:
+            ap.error("make needs --out DIR")
+        chosen = make(a.out, _names(a.only), root=a.src, force=a.force)
+        print(f"wrote a student edition to {a.out} with {len(chosen)} exercises removed:"
+              f" {', '.join(e.name for e in chosen) or '(none)'}\n"
+              f"grade it with: python -m minidit.exercises grade {a.out}")
+    elif a.cmd == "grade":
+        _check_edition(a.dir)
+        return grade(a.dir, _names(a.only), verbose=a.verbose).exit_code
+    else:
+        if not a.names and not a.all:
+            ap.error("restore needs exercise names or --all")
+        _check_edition(a.dir)
+        done = restore(a.dir, None if a.all else _names(a.names), root=a.src)
+        print(f"restored {len(done)} reference bodies in {a.dir}: {', '.join(e.name for e in done)}")
+
+
+def _check_edition(folder):
+    """ValueError unless `folder` looks like an edition: a folder with minidit/ and tests/."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise ValueError(f"{folder} is not a folder (give the student edition's folder)")
+    if not (p / "minidit").is_dir() or not (p / "tests").is_dir():
+        raise ValueError(f"{folder} is not a student edition: it has no minidit/ and tests/ folders")
 
 
 if __name__ == "__main__":

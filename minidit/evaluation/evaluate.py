@@ -14,13 +14,14 @@ import argparse
 import json
 import shlex
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import resolve_device, to_device, to_numpy
 from ..training.checkpoint import shipped_file
-from ..training.cli import CommandParser
+from ..cli import CommandParser, check_positive, check_range, run_command
 from ..training.data import load_dataset
 from ..training.rundir import RunDir, add_run_arguments
 from .classifier import ClassifierConfig, features, images_to_input, load_classifier
@@ -195,45 +196,61 @@ def _build_parser():
 
 
 def _load_sample_file(path):
-    """ADM .npz -> (images (N, H, W, C) uint8, labels (N,) int64)."""
-    with np.load(path, allow_pickle=False) as f:
+    """ADM .npz -> (images (N, H, W, C) uint8, labels (N,) int64); clear errors for anything else."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not hasattr(f, "files"):
+        raise ValueError(f"{path} holds a single array; expected an ADM-format .npz with arr_0 (images) "
+                         "and arr_1 (labels), as python -m minidit.sample --npz writes")
+    with f:
         if "arr_0" not in f.files or "arr_1" not in f.files:
             raise ValueError(f"{path} needs arr_0 (uint8 images N,H,W,C) and arr_1 (labels), "
                              f"found {f.files}")
-        images, labels = f["arr_0"], f["arr_1"]
+        try:
+            images, labels = f["arr_0"], f["arr_1"]
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+            raise ValueError(f"{path} is damaged ({type(e).__name__}: {e})") from None
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+        raise ValueError(f"{path}: arr_1 must be {len(images)} integer class ids, got {labels.dtype} {labels.shape}")
     return images, labels
+
+
+def _validate(ap, args):
+    if args.command == "train-classifier":
+        check_positive(ap, args, ("lr", "ckpt_every", "keep") + (("log_every",) if args.log_every is not None else ()))
+        check_range(ap, args, "seed", 0)
+
+
+def _run(args, argv):
+    device = resolve_device(args.device)
+    if args.command == "train-classifier":
+        run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, outputs=("classifier.npz",))
+        args.device = device
+        try:
+            run_train_classifier(args, run_dir, "python -m minidit.evaluate " + shlex.join(argv))
+        finally:
+            run_dir.close()
+        return
+    images, labels = _load_sample_file(args.samples)
+    params, meta = load_classifier(args.classifier)
+    real = None
+    if args.real is not None:
+        split = "test" if args.real in ("shapes", "mnist") else "train"
+        real = load_dataset(args.real, split, meta["image_size"], meta["channels"])
+    report = evaluate_samples(images, labels, real, (params, meta), device)
+    print(report.summary())
+    if args.json:
+        print(json.dumps(report, indent=1))
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        if args.command == "train-classifier":
-            for name in ("lr", "ckpt_every", "keep") + (("log_every",) if args.log_every is not None else ()):
-                v = getattr(args, name)
-                if not (v > 0 and np.isfinite(v)):
-                    raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
-            run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, outputs=("classifier.npz",))
-            args.device = device
-            run_train_classifier(args, run_dir, "python -m minidit.evaluate " + shlex.join(argv))
-        else:
-            images, labels = _load_sample_file(args.samples)
-            params, meta = load_classifier(args.classifier)
-            real = None
-            if args.real is not None:
-                split = "test" if args.real in ("shapes", "mnist") else "train"
-                real = load_dataset(args.real, split, meta["image_size"], meta["channels"])
-            report = evaluate_samples(images, labels, real, (params, meta), device)
-            print(report.summary())
-            if args.json:
-                print(json.dumps(report, indent=1))
-    except (OSError, ValueError, RuntimeError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    return 0
+    return run_command(_build_parser(), lambda args: _run(args, argv), argv, validate=_validate,
+                       out_of_memory="score fewer samples at a time, or lower --batch-size when training")
 
 
 if __name__ == "__main__":

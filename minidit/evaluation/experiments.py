@@ -6,6 +6,7 @@ features, FD_minidit_classifier, which is not Inception FID).
     python -m minidit.experiments block-designs [--fast] [--out results/block-designs]
 """
 import json
+import os
 import platform
 import shlex
 import sys
@@ -19,7 +20,7 @@ from ..blocks import BLOCK_DESIGNS
 from ..diffusion import create_diffusion
 from ..flops import count_params, gflops, sampling_compute, training_compute
 from ..model import DiT_models, init_params
-from ..training.cli import CommandParser
+from ..cli import CommandFailed, CommandParser, atomic_write, run_command
 from ..training.data import DataLoader, load_dataset
 from ..training.optim import AdamW, init_ema
 from ..training.parallel import DataParallel, resolve_workers
@@ -130,6 +131,11 @@ EXPERIMENTS = {"block-designs": run_block_designs, "scaling": run_scaling,
                "sampling-compute": run_sampling_compute}
 
 
+def _save(fig, path):
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+
+
 def plot(name, result, out):
     """The figures of each experiment, as PNGs with labelled axes."""
     paths = []
@@ -147,7 +153,7 @@ def plot(name, result, out):
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         paths.append(out / f"{name}_over_training.png")
-        fig.savefig(paths[-1], dpi=100)
+        _save(fig, paths[-1])
     if name == "scaling":
         fig = figure(figsize=(10, 3.8))
         axes = fig.subplots(1, 2)
@@ -164,7 +170,7 @@ def plot(name, result, out):
         axes[1].legend(fontsize=7)
         fig.tight_layout()
         paths.append(out / "scaling_vs_compute.png")
-        fig.savefig(paths[-1], dpi=100)
+        _save(fig, paths[-1])
     if name == "sampling-compute":
         fig = figure(figsize=(5.5, 3.8))
         ax = fig.subplots()
@@ -178,31 +184,47 @@ def plot(name, result, out):
         ax.legend()
         fig.tight_layout()
         paths.append(out / "sampling_compute.png")
-        fig.savefig(paths[-1], dpi=100)
+        _save(fig, paths[-1])
     return paths
 
 
+def _run(args, argv):
+    set_device(args.device)
+    out = Path(args.out or f"results/{args.name}")
+    for parent in [out, *out.resolve().parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    t0 = time.perf_counter()
+    try:
+        result = EXPERIMENTS[args.name](args.fast)
+    except KeyboardInterrupt as e:
+        raise type(e)(f"{'terminated' if type(e).__name__ == 'Terminated' else 'interrupted'} during the "
+                      f"{args.name} experiment; nothing was written") from None
+    result.update(experiment=args.name, fast=args.fast, seconds=round(time.perf_counter() - t0, 1),
+                  command="python -m minidit.experiments " + " ".join(shlex.quote(a) for a in argv),
+                  machine=f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs, "
+                          f"Python {platform.python_version()}, NumPy {np.__version__}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / f"{args.name}.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        for p in plot(args.name, result, out):
+            print(f"wrote {p}")
+    except OSError as e:
+        raise CommandFailed(f"could not write the results in {out}: {e.strerror or e} ({e.filename})") from e
+    print(f"wrote {out / (args.name + '.json')} in {result['seconds']} s")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = CommandParser(prog="python -m minidit.experiments", description=__doc__.splitlines()[0])
     ap.add_argument("name", choices=list(EXPERIMENTS))
     ap.add_argument("--fast", action="store_true", help="tiny models and budgets (seconds; for tests)")
     ap.add_argument("--out", default=None, help="output folder (default results/NAME)")
-    ap.add_argument("--device", default=None)
-    args = ap.parse_args(argv)
-    set_device(args.device)
-    out = Path(args.out or f"results/{args.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    result = EXPERIMENTS[args.name](args.fast)
-    result.update(experiment=args.name, fast=args.fast, seconds=round(time.perf_counter() - t0, 1),
-                  command="python -m minidit.experiments " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-                  machine=f"{platform.machine()}, {platform.system()}, {__import__('os').cpu_count()} CPUs, "
-                          f"Python {platform.python_version()}, NumPy {np.__version__}")
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    for p in plot(args.name, result, out):
-        print(f"wrote {p}")
-    print(f"wrote {out / (args.name + '.json')} in {result['seconds']} s")
-    return 0
+    ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
+    return run_command(ap, lambda args: _run(args, argv), argv)
 
 
 if __name__ == "__main__":

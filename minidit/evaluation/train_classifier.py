@@ -16,7 +16,8 @@ from ..layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from ..training.checkpoint import load_checkpoint
 from ..training.data import DataLoader, ImageDataset, load_dataset
 from ..training.optim import AdamW
-from ..training.rundir import restore_training_state, training_state
+from ..cli import CommandFailed, TrainingDiverged
+from ..training.rundir import check_resumable, restore_training_state, training_state
 from .classifier import (ClassifierConfig, accuracy, classifier_backward, classifier_forward,
                          init_classifier, save_classifier)
 
@@ -58,6 +59,7 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
         for k in P:
             P[k][...] = to_device(groups["model"][k], device)
         restore_training_state(meta, groups, opt, rng, loader)
+        check_resumable(meta, groups, run_dir.resume_from)
         start, curve = meta["step"], meta["loss_curve"]
     if run_dir is not None:
         run_dir.start(start)
@@ -68,26 +70,36 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
                 "n_train": len(dataset), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "weight_decay": weight_decay, "seed": seed, "device": device, "loss_curve": curve}
 
-    for step in range(start, steps):
-        x, y = next(loader)
-        logits, cache = classifier_forward(P, x, cfg)
-        loss, c_ce = cross_entropy_forward(logits, y)
-        _, grads = classifier_backward(cross_entropy_backward(1.0, c_ce), cache)
-        opt.lr = lr_at(step, steps, lr, warmup=max(1, steps // 20))
-        opt.step(P, grads)
-        window.append(float(loss))
-        if (step + 1) % every == 0 or step + 1 == steps:
-            curve.append([step + 1, round(sum(window) / len(window), 5)])
-            window = []
-            if run_dir is not None:
-                run_dir.log({"step": step + 1, "loss": curve[-1][1], "lr": opt.lr})
-        if run_dir is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
-            state, groups = training_state(opt, rng, loader)
-            run_dir.save(step + 1, {**describe(), "kind": "classifier", **state}, model=P, **groups)
-            run_dir.plot_loss("evaluation classifier: cross-entropy", keys=("loss",))
-        if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
-            print(f"step {step + 1}/{steps}  loss {curve[-1][1]:.4f}  "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    step = start
+    try:
+        for step in range(start, steps):
+            x, y = next(loader)
+            logits, cache = classifier_forward(P, x, cfg)
+            loss, c_ce = cross_entropy_forward(logits, y)
+            _, grads = classifier_backward(cross_entropy_backward(1.0, c_ce), cache)
+            opt.lr = lr_at(step, steps, lr, warmup=max(1, steps // 20))
+            opt.step(P, grads)
+            window.append(float(loss))
+            if not math.isfinite(window[-1]):
+                where = run_dir.last_checkpoint if run_dir is not None else None
+                raise TrainingDiverged(f"the classifier's loss became {window[-1]} at step {step + 1}; "
+                                       f"the newest checkpoint is {where or 'none (none written)'}")
+            if (step + 1) % every == 0 or step + 1 == steps:
+                curve.append([step + 1, round(sum(window) / len(window), 5)])
+                window = []
+                if run_dir is not None:
+                    run_dir.log({"step": step + 1, "loss": curve[-1][1], "lr": opt.lr})
+            if run_dir is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
+                state, groups = training_state(opt, rng, loader)
+                run_dir.save(step + 1, {**describe(), "kind": "classifier", **state}, model=P, **groups)
+                run_dir.plot_loss("evaluation classifier: cross-entropy", keys=("loss",))
+            if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
+                print(f"step {step + 1}/{steps}  loss {curve[-1][1]:.4f}  "
+                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say where the run stopped
+        if run_dir is None:
+            raise
+        raise run_dir.interrupted(e, step) from None
     synchronize(device)
     params = to_numpy(P)
     meta = {**describe(), "train_seconds": round(time.perf_counter() - t0, 1),
@@ -120,7 +132,11 @@ def run(args, run_dir, command, log=print):
                                     log_every=args.log_every)
     meta["command"] = command
     meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    out = save_classifier(run_dir.path / "classifier.npz", params, meta)
+    try:
+        out = save_classifier(run_dir.path / "classifier.npz", params, meta)
+    except OSError as e:
+        raise CommandFailed(f"could not write {run_dir.path / 'classifier.npz'}: {e.strerror or e}; "
+                            f"the newest checkpoint is {run_dir.last_checkpoint}") from e
     log(f"held-out accuracy {100 * meta['heldout_accuracy']:.2f}% (n={meta['heldout_n']}), trained in "
         f"{meta['train_seconds']} s; wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
     return out

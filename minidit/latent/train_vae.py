@@ -14,10 +14,11 @@ import numpy as np
 
 from ..backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.cli import CommandParser, check_positive, run_command
+from ..cli import CommandFailed, CommandParser, atomic_write, check_positive, check_range, run_command
 from ..training.data import DataLoader, load_dataset, to_model_space
 from ..training.optim import AdamW
-from ..training.rundir import RunDir, add_run_arguments, restore_training_state, training_state
+from ..training.rundir import (RunDir, add_run_arguments, check_resumable, restore_training_state,
+                               training_state)
 from ..training.viz import save_grid, to_uint8
 from .autoencoder import (CH_MULT, VAEConfig, VAEEncoder, init_params, psnr, vae_backward, vae_config,
                           vae_forward)
@@ -98,8 +99,10 @@ def _validate(ap, a):
     check_positive(ap, a, ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size",
                            "base_channels", "num_res_blocks", "z_channels", "num_groups", "scale_images",
                            "eval_images", "lr"))
-    if not 0 <= a.kl_weight < math.inf:
-        ap.error(f"--kl-weight must be >= 0, got {a.kl_weight}")
+    check_range(ap, a, "kl_weight", 0)
+    check_range(ap, a, "seed", 0)
+    if a.num_images is not None:
+        check_positive(ap, a, ("num_images",))
     if a.ch_mult is None and a.downsample not in CH_MULT:
         ap.error(f"--downsample must be one of {sorted(CH_MULT)} (or give --ch-mult), got {a.downsample}")
     if a.resume and a.overwrite:
@@ -123,10 +126,19 @@ def make_config(args, channels):
 
 
 def run(args, log=print):
-    """Train as the parsed arguments say; returns a summary dict. Raises TrainingDiverged."""
-    device = set_device(args.device)
+    """Train as the parsed arguments say; returns a summary dict. Everything is checked before the
+    run directory is touched; raises TrainingDiverged, and re-raises an interrupt saying where
+    the run stopped (minidit.training.rundir)."""
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep,
                      outputs=("vae.npz", "reconstructions.png", "summary.json"))
+    try:
+        return _train(args, run_dir, log)
+    finally:
+        run_dir.close()
+
+
+def _train(args, run_dir, log):
+    device = set_device(args.device)
     out = run_dir.path
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     cfg = make_config(args, data.channels)
@@ -138,6 +150,7 @@ def run(args, log=print):
     step = 0
     if args.resume:
         meta, groups = load_checkpoint(run_dir.resume_from)
+        check_resumable(meta, groups, run_dir.resume_from)
         if meta.get("kind") != "vae" or VAEConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta.get('config')} differs from the "
                              f"arguments' {cfg.to_dict()}")
@@ -162,61 +175,71 @@ def run(args, log=print):
     from tqdm.auto import tqdm
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train_vae", dynamic_ncols=True)
     acc, t_last, start_step = [], time.perf_counter(), step
-    while step < args.steps:
-        x, _ = next(loader)
-        opt.lr = lr_at(step, args)
-        stats = train_step(params, opt, cfg, x, rng, args.kl_weight)
-        step += 1
-        if not stats["finite"]:
-            bar.close()
-            raise run_dir.diverged(step, stats)
-        acc.append(stats)
-        bar.update(1)
-        if step % args.log_every == 0 or step == args.steps:
-            synchronize()
-            now = time.perf_counter()
-            rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in ("loss", "rec", "kl", "grad_norm")}}
-            rec["train_psnr"] = 10 * math.log10(4.0 / rec["rec"])
-            rec["lr"] = opt.lr
-            rec["steps_per_sec"] = len(acc) / (now - t_last)
-            run_dir.log(rec)
-            bar.set_postfix(rec=f"{rec['rec']:.4f}", psnr=f"{rec['train_psnr']:.1f}")
-            acc, t_last = [], now
-        if step % args.ckpt_every == 0 and step < args.steps:
-            save(step)
-            run_dir.plot_loss(f"VAE f={cfg.downsample} on {args.data}", keys=("loss", "rec"))
-    bar.close()
+    try:
+        while step < args.steps:
+            x, _ = next(loader)
+            opt.lr = lr_at(step, args)
+            stats = train_step(params, opt, cfg, x, rng, args.kl_weight)
+            step += 1
+            if not stats["finite"]:
+                raise run_dir.diverged(step, stats)
+            acc.append(stats)
+            bar.update(1)
+            if step % args.log_every == 0 or step == args.steps:
+                synchronize()
+                now = time.perf_counter()
+                rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in ("loss", "rec", "kl", "grad_norm")}}
+                rec["train_psnr"] = 10 * math.log10(4.0 / rec["rec"])
+                rec["lr"] = opt.lr
+                rec["steps_per_sec"] = len(acc) / (now - t_last)
+                run_dir.log(rec)
+                bar.set_postfix(rec=f"{rec['rec']:.4f}", psnr=f"{rec['train_psnr']:.1f}")
+                acc, t_last = [], now
+            if step % args.ckpt_every == 0 and step < args.steps:
+                save(step)
+                run_dir.plot_loss(f"VAE f={cfg.downsample} on {args.data}", keys=("loss", "rec"))
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say where the run stopped
+        raise run_dir.interrupted(e, step) from None
+    finally:
+        bar.close()
 
     # The end of training: measure the latent scale on the data, then the held-out PSNR.
-    enc = VAEEncoder(params, cfg, 1.0)
-    n_scale = min(args.scale_images, len(data))
-    scale = latent_scale(enc, first_images(data, n_scale, device), Generator(args.seed + 1, device=device))
-    enc.scale = scale
-    has_test = args.data in ("shapes", "mnist")  # an image folder has no test split: report on training images
-    test = load_dataset(args.data, split="test", image_size=args.image_size, seed=0) if has_test else data
-    x_test = first_images(test, min(args.eval_images, len(test)), device)
-    x_rec = reconstruct(enc, x_test)
-    held_out_psnr = psnr(x_rec, to_numpy(x_test))
-    last_ckpt, meta = save(step, latent_scale=scale, held_out_psnr=held_out_psnr)
-    run_dir.plot_loss(f"VAE f={cfg.downsample} on {args.data}", keys=("loss", "rec"))
-    # The VAE alone (no optimiser state): what latent DiT training and sampling read.
-    vae_file = save_checkpoint(out / "vae.npz", {k: meta[k] for k in ("kind", "step", "config", "dataset",
-                               "image_size", "kl_weight", "latent_scale", "held_out_psnr")}, model=params)
-    k = min(16, len(x_test))
-    pics = to_uint8(np.concatenate([to_numpy(x_test[:k]), x_rec[:k]]))
-    save_grid(pics, np.repeat([0, 1], k), ["original", "reconstruction"], out / "reconstructions.png", ncol=k,
-              title=f"VAE f={cfg.downsample}, step {step}: held-out PSNR {held_out_psnr:.2f} dB")
-    summary = {"out": str(out), "step": step, "steps_this_run": step - start_step, "checkpoint": str(last_ckpt),
-               "vae": str(vae_file), "latent_scale": scale, "held_out_psnr": held_out_psnr,
-               "eval_images": len(x_test)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    try:
+        enc = VAEEncoder(params, cfg, 1.0)
+        n_scale = min(args.scale_images, len(data))
+        scale = latent_scale(enc, first_images(data, n_scale, device), Generator(args.seed + 1, device=device))
+        enc.scale = scale
+        has_test = args.data in ("shapes", "mnist")  # an image folder has no test split: report on training images
+        test = load_dataset(args.data, split="test", image_size=args.image_size, seed=0) if has_test else data
+        x_test = first_images(test, min(args.eval_images, len(test)), device)
+        x_rec = reconstruct(enc, x_test)
+        held_out_psnr = psnr(x_rec, to_numpy(x_test))
+        last_ckpt, meta = save(step, latent_scale=scale, held_out_psnr=held_out_psnr)
+        run_dir.plot_loss(f"VAE f={cfg.downsample} on {args.data}", keys=("loss", "rec"))
+        # The VAE alone (no optimiser state): what latent DiT training and sampling read.
+        vae_file = save_checkpoint(out / "vae.npz", {k: meta[k] for k in ("kind", "step", "config", "dataset",
+                                   "image_size", "kl_weight", "latent_scale", "held_out_psnr")}, model=params)
+        k = min(16, len(x_test))
+        pics = to_uint8(np.concatenate([to_numpy(x_test[:k]), x_rec[:k]]))
+        save_grid(pics, np.repeat([0, 1], k), ["original", "reconstruction"], out / "reconstructions.png", ncol=k,
+                  title=f"VAE f={cfg.downsample}, step {step}: held-out PSNR {held_out_psnr:.2f} dB")
+        summary = {"out": str(out), "step": step, "steps_this_run": step - start_step, "checkpoint": str(last_ckpt),
+                   "vae": str(vae_file), "latent_scale": scale, "held_out_psnr": held_out_psnr,
+                   "eval_images": len(x_test)}
+        with atomic_write(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    except KeyboardInterrupt as e:
+        raise run_dir.interrupted(e, step) from None
+    except OSError as e:
+        raise CommandFailed(f"could not write the VAE's files in {out}: {e.strerror or e} ({e.filename}); "
+                            f"the newest checkpoint is {run_dir.last_checkpoint}") from e
     log(f"done: step {step}, latent scale {scale:.5f}, held-out PSNR {held_out_psnr:.2f} dB on "
         f"{len(x_test)} images ({'test split' if test is not data else 'training images'}); VAE in {vae_file}")
     return summary
 
 
 def main(argv=None):
-    return run_command(build_parser(), _validate, run, argv)
+    return run_command(build_parser(), run, argv, validate=_validate, out_of_memory="lower --batch-size")
 
 
 if __name__ == "__main__":

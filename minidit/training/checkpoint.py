@@ -9,12 +9,12 @@ official PyTorch weights are converted by minidit.official instead.
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..backend import to_device, to_numpy
+from ..backend import get_array_module, to_device, to_numpy
+from ..cli import atomic_write
 from ..model import DiTConfig
 
 FORMAT = "minidit-checkpoint"
@@ -38,26 +38,30 @@ def shipped_file(name, must_exist=True):
                             f"(looked in {', '.join(str(d) for d in SHIPPED_DIRS)})")
 
 
+def non_finite(groups):
+    """The first "group/key" whose array holds a NaN or an infinity, or None."""
+    for g, arrays in groups.items():
+        for k, a in arrays.items():
+            xp = get_array_module(a)
+            if xp.asarray(a).dtype.kind == "f" and not bool(xp.isfinite(a).all()):
+                return f"{g}/{k}"
+    return None
+
+
 def save_checkpoint(path, meta, **groups):
-    """Atomically write `groups` (name -> dict of arrays) and `meta` (JSON-able dict) to path."""
+    """Atomically write `groups` (name -> dict of arrays) and `meta` (JSON-able dict) to path:
+    the bytes go to a temporary file beside it, are flushed to the disk and then renamed over
+    it, so a crash or a full disk mid-write leaves the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"meta": np.array(json.dumps({"format": FORMAT, "version": VERSION, **meta}))}
     for g, d in groups.items():
         for k, v in d.items():
             arrays[f"{g}/{k}"] = np.asarray(to_numpy(v))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -153,6 +157,9 @@ def load_model(path, use_ema=True, device=None):
         raise ValueError(f"{path} is a minidit checkpoint but holds no DiT model (kind "
                          f"{meta.get('kind')!r}; a VAE is passed with --vae)")
     cfg = DiTConfig.from_dict(meta["config"])
-    weights = groups["ema"] if use_ema and "ema" in groups else groups["model"]
-    weights = {k: v.astype(np.float32) for k, v in weights.items()}  # slim files store float16
+    which = "ema" if use_ema and "ema" in groups else "model"
+    weights = {k: v.astype(np.float32) for k, v in groups[which].items()}  # slim files store float16
+    bad = non_finite({which: weights})
+    if bad is not None:
+        raise ValueError(f"{path}: the weights are not finite ({bad}); they would sample noise")
     return to_device(weights, device), cfg, meta

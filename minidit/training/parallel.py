@@ -85,7 +85,9 @@ class DataParallel:
 
     def __exit__(self, *exc):
         if self._pool is not None:
-            self._pool.shutdown()
+            # on an error or an interrupt, work not yet started is dropped: only the running
+            # shards finish, so Ctrl-C stops within one shard's forward/backward
+            self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
             self._pool = None
             self._limits.__exit__(*exc)
         return False

@@ -4,26 +4,70 @@
     out/log.jsonl                      one JSON record per logged step, each step once, in order
     out/loss.png                       the logged losses against the step
     out/...                            what the command adds (samples/, vae.npz, classifier.npz)
+    out/.minidit.lock                  while a run uses the folder: its process id
 
-A run directory that holds a run is never reused by accident: starting again needs --resume
-(continue from the newest checkpoint) or --overwrite (start over), and --overwrite deletes only
-the files a run writes, never anything else in the folder, and only once the command's inputs
-have been checked. A resumed run forgets the log records written after its checkpoint, so a
-run killed between a log line and the next checkpoint logs each step exactly once.
+The promises (README, "Run directories"): a folder that holds a run is never reused by accident
+(--resume continues it, --overwrite starts over); --overwrite deletes only files a run writes and
+refuses a folder that holds anything else; nothing is created or deleted before the command's
+inputs have been checked; a second run on the same folder stops at once; a checkpoint is written
+only when every weight in it is finite; a resumed run forgets the log records written after its
+checkpoint; the temporary files of a write interrupted by a kill are removed at the next start.
 """
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
-from .checkpoint import checkpoints_of, save_checkpoint
-from .cli import TrainingDiverged
+import numpy as np
+
+from ..cli import CommandFailed, TrainingDiverged, is_temporary
+from .checkpoint import checkpoints_of, non_finite, save_checkpoint
 from .viz import plot_loss_curve, read_log
+
+LOCK = ".minidit.lock"
+
+
+def _is_ours(path, outputs):
+    """Whether a top-level entry of a run folder is something a run of ours writes."""
+    name = path.name
+    if name == LOCK or is_temporary(name) or (name in outputs and not path.is_dir()):
+        return True
+    if name == "checkpoints" and path.is_dir():
+        return all(p.is_file() and ((p.name.startswith("step_") and p.suffix == ".npz") or is_temporary(p.name))
+                   for p in path.iterdir())
+    if name == "samples" and path.is_dir():
+        return all(p.is_file() and ((p.name.startswith("step_") and p.suffix == ".png") or is_temporary(p.name))
+                   for p in path.iterdir())
+    return False
+
+
+def _owner(lock):
+    """(pid, host) recorded in a lock file, or None when it cannot be read."""
+    try:
+        d = json.loads(lock.read_text())
+        return int(d["pid"]), str(d["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid, host):
+    if host != socket.gethostname():
+        return True  # another machine's process: we cannot tell, so we assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunDir:
     """One run's folder. `RunDir(out, resume, overwrite)` checks the request against what is on
-    disk (raising FileExistsError or FileNotFoundError with the flag to use); `start(step)`
-    then prepares the folder, once the command has validated its other inputs."""
+    disk and raises FileExistsError, FileNotFoundError or ValueError with the flag to use;
+    `start(step)` then takes the lock and prepares the folder, once the command has checked its
+    other inputs; `close()` releases the lock."""
 
     RUN_FILES = ("checkpoints", "log.jsonl", "loss.png", "samples")
 
@@ -33,16 +77,29 @@ class RunDir:
         if keep < 1:
             raise ValueError(f"--keep must be positive, got {keep}")
         self.path = Path(out)
-        if self.path.exists() and not self.path.is_dir():
-            raise FileExistsError(f"--out {self.path} is a file, not a folder")
         self.resume, self.overwrite, self.keep = resume, overwrite, keep
         self.outputs = tuple(self.RUN_FILES) + tuple(outputs)  # what --overwrite may delete
+        self._locked = False
+        for parent in [self.path, *self.path.resolve().parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise FileExistsError(f"--out {self.path}: {parent} is a file, not a folder")
+                if not os.access(parent, os.W_OK):
+                    raise PermissionError(13, "the folder is not writable", str(parent))
+                break
+        self._check_lock()
         existing = checkpoints_of(self.path)
         if existing and not resume and not overwrite:
             raise FileExistsError(f"{self.path} already holds a run ({existing[-1].name}); pass --resume "
                                   "to continue it or --overwrite to start over")
         if resume and not existing:
             raise FileNotFoundError(f"--resume: {self.path} holds no checkpoint to resume from")
+        if overwrite and self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir() if not _is_ours(p, self.outputs))
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise FileExistsError(f"--overwrite: {self.path} holds files a minidit run did not write "
+                                      f"({shown}); move them, or choose another --out")
         self.resume_from = existing[-1] if resume else None
         self.last_checkpoint = self.resume_from
 
@@ -50,9 +107,26 @@ class RunDir:
     def log_path(self):
         return self.path / "log.jsonl"
 
+    @property
+    def lock_path(self):
+        return self.path / LOCK
+
+    def _check_lock(self):
+        """FileExistsError when a live process holds the folder's lock."""
+        if self.lock_path.exists():
+            owner = _owner(self.lock_path)
+            if owner is not None and owner[0] != os.getpid() and _alive(*owner):
+                raise FileExistsError(f"{self.path} is in use by another run (process {owner[0]} on "
+                                      f"{owner[1]}); if no run is active there, delete {self.lock_path}")
+
     def start(self, step=0):
-        """Create the folder; with --overwrite delete the previous run's files; keep only the log
-        records up to `step` (the resumed checkpoint's; 0 for a new run)."""
+        """Take the lock; with --overwrite delete the previous run's files; remove the temporary
+        files of interrupted writes; keep only the log records up to `step` (the resumed
+        checkpoint's; 0 for a new run)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._check_lock()  # a stale lock (its process is gone) is taken over below
+        self.lock_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        self._locked = True
         if self.overwrite:
             for name in self.outputs:
                 p = self.path / name
@@ -60,11 +134,30 @@ class RunDir:
                     shutil.rmtree(p)
                 elif p.exists():
                     p.unlink()
-        self.path.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.path / "checkpoints", self.path / "samples"):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.is_file() and is_temporary(p.name):
+                        p.unlink()
         if self.log_path.exists():
             keep = [r for r in read_log(self.log_path) if r.get("step", 0) <= step]
             self.log_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         return self
+
+    def close(self):
+        """Release the lock (the run is over, finished or not)."""
+        if self._locked:
+            owner = _owner(self.lock_path)
+            if owner is not None and owner[0] == os.getpid():
+                self.lock_path.unlink()
+            self._locked = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def log(self, record):
         """Append one record (a JSON-able dict with a "step") to log.jsonl."""
@@ -72,22 +165,54 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def save(self, step, meta, **groups):
-        """Write checkpoints/step_<step>.npz atomically, then delete all but the newest `keep`."""
-        path = save_checkpoint(self.path / "checkpoints" / f"step_{step:07d}.npz", dict(meta, step=step),
-                               **groups)
+        """Write checkpoints/step_<step>.npz atomically, then delete all but the newest `keep`.
+
+        Raises TrainingDiverged, writing nothing, when a weight is not finite (so every checkpoint
+        on disk is one to resume or sample from), and CommandFailed when the write fails (a full
+        disk): the previous checkpoints are kept either way."""
+        bad = non_finite(groups)
+        if bad is not None:
+            raise TrainingDiverged(f"the weights became non-finite by step {step} ({bad}); nothing was written "
+                                   f"and the newest checkpoint, {self._newest()}, is finite")
+        target = self.path / "checkpoints" / f"step_{step:07d}.npz"
+        try:
+            path = save_checkpoint(target, dict(meta, step=step), **groups)
+        except OSError as e:
+            raise CommandFailed(f"could not write the checkpoint {target}: {e.strerror or e}; "
+                                f"the newest checkpoint is {self._newest()}") from e
         for old in checkpoints_of(self.path)[:-self.keep]:
             old.unlink()
         self.last_checkpoint = path
         return path
 
+    def _newest(self):
+        return self.last_checkpoint or "none (none written yet)"
+
     def diverged(self, step, stats):
-        """The TrainingDiverged error for a non-finite loss at `step`, naming the last good checkpoint."""
+        """The TrainingDiverged error for a non-finite loss at `step`, naming the newest checkpoint."""
         return TrainingDiverged(f"loss became {stats['loss']} at step {step} (grad norm {stats['grad_norm']}); "
-                                f"the last good checkpoint is {self.last_checkpoint or 'none (none written yet)'}")
+                                f"the newest checkpoint is {self._newest()}")
+
+    def interrupted(self, e, step):
+        """The same interrupt (KeyboardInterrupt or Terminated), saying where the run stopped."""
+        why = "terminated" if type(e).__name__ == "Terminated" else "interrupted"
+        return type(e)(f"{why} at step {step}; the newest checkpoint is {self._newest()} "
+                       f"(continue with --resume)")
 
     def plot_loss(self, title, keys=("loss", "mse", "vb")):
         """loss.png from log.jsonl (nothing to draw before the first log record)."""
-        return plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
+        try:
+            return plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
+        except OSError as e:
+            raise CommandFailed(f"could not write {self.path / 'loss.png'}: {e.strerror or e}; "
+                                f"the newest checkpoint is {self._newest()}") from e
+
+
+def check_resumable(meta, groups, path):
+    """ValueError unless a checkpoint to resume from holds finite weights."""
+    bad = non_finite(groups)
+    if bad is not None:
+        raise ValueError(f"--resume: {path} holds non-finite weights ({bad}); resume from an earlier checkpoint")
 
 
 def add_run_arguments(ap, out, log_every=25, ckpt_every=500, required=False):
@@ -111,7 +236,7 @@ def training_state(opt, rng, loader):
             "loader": {k: v for k, v in state.items() if k != "order"}}
     groups = {"opt_m": opt.m, "opt_v": opt.v}
     if state["order"] is not None:
-        groups["loader"] = {"order": state["order"]}
+        groups["loader"] = {"order": np.asarray(state["order"])}
     return meta, groups
 
 

@@ -5,16 +5,14 @@ in the format of the ADM evaluation suite (uint8 NHWC images under arr_0, labels
     python -m minidit.sample --ckpt runs/tiny --per-class 8 --cfg-scale 4 --out samples.png
 """
 import sys
-from pathlib import Path
-
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, to_device, to_numpy
 from ..diffusion import create_diffusion
 from ..guidance import make_model_fn
 from ..latent.autoencoder import load_vae_decoder
+from ..cli import CommandFailed, CommandParser, atomic_write, check_output_file, check_positive, check_range, run_command
 from .checkpoint import find_checkpoint, find_vae, load_model
-from .cli import CommandParser
 from .parallel import DataParallel, resolve_workers
 from .viz import save_grid, to_uint8
 
@@ -99,42 +97,55 @@ def parse_classes(text, num_classes):
     return ids
 
 
-def main(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if not 1 <= args.cfg_scale < float("inf"):
-        ap.error(f"--cfg-scale must be >= 1, got {args.cfg_scale}")
-    if args.per_class < 1:
-        ap.error(f"--per-class must be positive, got {args.per_class}")
-    if args.steps < 1:
-        ap.error(f"--steps must be positive, got {args.steps}")
-    if args.workers < 0:
-        ap.error(f"--workers must be >= 0 (0 = one per CPU), got {args.workers}")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def _validate(ap, args):
+    check_positive(ap, args, ("per_class", "steps"))
+    check_range(ap, args, "cfg_scale", 1)
+    check_range(ap, args, "eta", 0, 1)
+    check_range(ap, args, "seed", 0)
+    check_range(ap, args, "workers", 0)
+    check_output_file(ap, "--out", args.out, IMAGE_SUFFIXES)  # before any sampling work
+    if args.npz is not None:
+        check_output_file(ap, "--npz", args.npz, (".npz",))
+
+
+def run(args):
+    """Sample as the parsed arguments say; everything is read and checked before the first step."""
+    device = set_device(args.device)
+    params, cfg, meta = load_model(args.ckpt, use_ema=not args.raw, device=device)
+    classes = parse_classes(args.classes, cfg.num_classes)
+    decode = None
+    vae_path = args.vae or (find_vae(meta["vae"], find_checkpoint(args.ckpt)) if meta.get("vae") else None)
+    if vae_path:
+        decode = load_vae_decoder(vae_path, device=device, latent_scale=meta.get("latent_scale"))
+    labels = np.repeat(np.asarray(classes), args.per_class)
     try:
-        device = set_device(args.device)
-        params, cfg, meta = load_model(args.ckpt, use_ema=not args.raw, device=device)
-        classes = parse_classes(args.classes, cfg.num_classes)
-        decode = None
-        vae_path = args.vae or (find_vae(meta["vae"], find_checkpoint(args.ckpt)) if meta.get("vae") else None)
-        if vae_path:
-            decode = load_vae_decoder(vae_path, device=device, latent_scale=meta.get("latent_scale"))
-        labels = np.repeat(np.asarray(classes), args.per_class)
         x = generate(params, cfg, labels, args.steps, args.sampler, args.cfg_scale, args.seed, device,
                      args.guidance, args.eta, progress=not args.no_progress, decode=decode,
                      workers=args.workers)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        ap.error(str(e))
+    except KeyboardInterrupt as e:
+        raise type(e)(f"{'terminated' if type(e).__name__ == 'Terminated' else 'interrupted'} while "
+                      f"sampling; nothing was written") from None
     images = to_uint8(x)
-    names = meta.get("class_names")
     title = (f"{meta.get('model_name', 'DiT')}, step {meta.get('step')}, {args.sampler} {args.steps} steps, "
              f"guidance {args.cfg_scale:g}, {'raw' if args.raw else 'EMA'} weights")
-    save_grid(images, labels, names, args.out, ncol=args.per_class, title=title)
-    print(f"wrote {args.out} ({len(labels)} samples)")
-    if args.npz:
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.npz, arr_0=images, arr_1=labels)
-        print(f"wrote {args.npz} (arr_0 {images.shape} uint8, arr_1 labels)")
-    return 0
+    try:
+        save_grid(images, labels, meta.get("class_names"), args.out, ncol=args.per_class, title=title)
+        print(f"wrote {args.out} ({len(labels)} samples)")
+        if args.npz:
+            with atomic_write(args.npz) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, arr_0=images, arr_1=labels)
+            print(f"wrote {args.npz} (arr_0 {images.shape} uint8, arr_1 labels)")
+    except OSError as e:
+        raise CommandFailed(f"could not write {e.filename or args.out}: {e.strerror or e}") from e
+
+
+def main(argv=None):
+    return run_command(build_parser(), run, argv, validate=_validate,
+                       out_of_memory="lower --per-class, or sample fewer --classes at a time")
 
 
 if __name__ == "__main__":

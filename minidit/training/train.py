@@ -9,17 +9,17 @@ import time
 
 import numpy as np
 
-from ..backend import Generator, device_of, get_array_module, set_device, synchronize
+from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device
 from ..diffusion import create_diffusion
 from ..flops import count_params
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from ..latent.autoencoder import EncodedDataset, load_vae_encoder
 from .checkpoint import load_checkpoint
-from .cli import CommandParser, check_positive, run_command
+from ..cli import CommandFailed, CommandParser, check_positive, check_range, run_command
 from .data import DataLoader, load_dataset
 from .optim import AdamW, ema_update, init_ema
 from .parallel import DataParallel, GradientSum, resolve_workers
-from .rundir import RunDir, add_run_arguments, restore_training_state, training_state
+from .rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
 from .sample import generate
 from .viz import save_grid, to_uint8
 
@@ -101,20 +101,20 @@ def build_parser():
 def _validate(ap, a):
     check_positive(ap, a, ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size",
                            "sample_steps", "lr"))
-    if not 0 <= a.weight_decay < math.inf:
-        ap.error(f"--weight-decay must be >= 0, got {a.weight_decay}")
-    if not 0 <= a.ema_decay < 1:
-        ap.error(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
-    if a.class_dropout is not None and not 0 <= a.class_dropout < 1:
-        ap.error(f"--class-dropout must be in [0, 1), got {a.class_dropout}")
+    for name in ("depth", "hidden_size", "num_heads", "patch_size", "num_images"):
+        if getattr(a, name) is not None:
+            check_positive(ap, a, (name,))
+    check_range(ap, a, "weight_decay", 0)
+    check_range(ap, a, "ema_decay", 0, 1, high_open=True)
+    check_range(ap, a, "class_dropout", 0, 1, high_open=True)
+    check_range(ap, a, "seed", 0)
+    check_range(ap, a, "workers", 0)
+    check_range(ap, a, "sample_every", 0)
+    check_range(ap, a, "cfg_scale", 1)
     if a.model not in DiT_models:
         ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
     if a.resume and a.overwrite:
         ap.error("--resume and --overwrite contradict each other")
-    if a.workers < 0:
-        ap.error(f"--workers must be >= 0 (0 = one per CPU), got {a.workers}")
-    if not 1 <= a.cfg_scale < math.inf:
-        ap.error(f"--cfg-scale must be >= 1, got {a.cfg_scale}")
 
 
 def config_for(args, data, encoder=None):
@@ -131,9 +131,20 @@ def config_for(args, data, encoder=None):
 
 
 def run(args, log=print):
-    """Train as the parsed arguments say; returns a summary dict. Raises TrainingDiverged."""
-    device = set_device(args.device)
+    """Train as the parsed arguments say; returns a summary dict.
+
+    Everything the arguments name (data, VAE, the checkpoint to resume) is read and checked
+    before the run directory is touched. Raises TrainingDiverged when the loss or the weights
+    stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
+    try:
+        return _train(args, run_dir, log)
+    finally:
+        run_dir.close()
+
+
+def _train(args, run_dir, log):
+    device = set_device(args.device)
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
     cfg = config_for(args, data, encoder)
@@ -147,6 +158,9 @@ def run(args, log=print):
     workers = resolve_workers(args.workers, args.batch_size, device)
     if args.resume:
         meta, groups = load_checkpoint(run_dir.resume_from)
+        if meta.get("kind", "dit") != "dit":
+            raise ValueError(f"--resume: {run_dir.resume_from} is a {meta.get('kind')} checkpoint, not a DiT's")
+        check_resumable(meta, groups, run_dir.resume_from)
         saved = meta.get("workers", workers)
         if args.workers == 0:
             workers = saved  # the count decides how float32 gradients are summed: keep it
@@ -157,8 +171,8 @@ def run(args, log=print):
             raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
                              f"arguments' {cfg.to_dict()}")
         for k in params:
-            params[k][...] = groups["model"][k]
-            ema[k][...] = groups["ema"][k]
+            params[k][...] = to_device(groups["model"][k], device)
+            ema[k][...] = to_device(groups["ema"][k], device)
         restore_training_state(meta, groups, opt, rng, loader)
         step = meta["step"]
         log(f"resumed {run_dir.path} at step {step}")
@@ -188,38 +202,45 @@ def run(args, log=print):
     from tqdm.auto import tqdm
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train", dynamic_ncols=True)
     acc, t_last, start_step = [], time.perf_counter(), step
-    with DataParallel(workers) as parallel:
-        latents = None
-        if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
-            t_enc = time.perf_counter()
-            latents = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
-            log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s")
-        while step < args.steps:
-            x, y = next(loader)
-            if latents is not None:
-                x = latents.sample(loader.last_index, loader.last_flip, rng)
-            stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
-            step += 1
-            if not stats["finite"]:
-                bar.close()
-                raise run_dir.diverged(step, stats)
-            acc.append(stats)
-            bar.update(1)
-            if step % args.log_every == 0 or step == args.steps:
-                synchronize()
-                now = time.perf_counter()
-                rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
-                       "steps_per_sec": len(acc) / (now - t_last),
-                       "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
-                run_dir.log(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
-                acc, t_last = [], now
-            if step % args.ckpt_every == 0 or step == args.steps:
-                save(step)
-                run_dir.plot_loss(title=f"{args.model} on {args.data}")
-            if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
-                sample_grid(step)
-    bar.close()
+    try:
+        with DataParallel(workers) as parallel:
+            latents = None
+            if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
+                t_enc = time.perf_counter()
+                latents = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
+                log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s")
+            while step < args.steps:
+                x, y = next(loader)
+                if latents is not None:
+                    x = latents.sample(loader.last_index, loader.last_flip, rng)
+                stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
+                step += 1
+                if not stats["finite"]:
+                    raise run_dir.diverged(step, stats)
+                acc.append(stats)
+                bar.update(1)
+                if step % args.log_every == 0 or step == args.steps:
+                    synchronize()
+                    now = time.perf_counter()
+                    rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
+                           "steps_per_sec": len(acc) / (now - t_last),
+                           "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
+                    run_dir.log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", it_s=f"{rec['steps_per_sec']:.2f}")
+                    acc, t_last = [], now
+                if step % args.ckpt_every == 0 or step == args.steps:
+                    save(step)
+                    run_dir.plot_loss(title=f"{args.model} on {args.data}")
+                if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+                    try:
+                        sample_grid(step)
+                    except OSError as e:
+                        raise CommandFailed(f"could not write the sample grid of step {step}: {e.strerror or e} "
+                                            f"({e.filename}); the newest checkpoint is {run_dir.last_checkpoint}") from e
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say where the run stopped
+        raise run_dir.interrupted(e, step) from None
+    finally:
+        bar.close()
     last = run_dir.last_checkpoint
     summary = {"out": str(run_dir.path), "step": step, "steps_this_run": step - start_step,
                "checkpoint": str(last) if last else None}
@@ -228,7 +249,8 @@ def run(args, log=print):
 
 
 def main(argv=None):
-    return run_command(build_parser(), _validate, run, argv)
+    return run_command(build_parser(), run, argv, validate=_validate,
+                       out_of_memory="lower --batch-size (or the model's size)")
 
 
 if __name__ == "__main__":

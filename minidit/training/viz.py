@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import atomic_write
+
 
 def figure(figsize):
     """A figure drawn straight to a PNG canvas: no pyplot state, so the commands never change
@@ -47,8 +49,8 @@ def save_grid(images, labels, class_names, path, ncol=None, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as tmp:  # a grid is written whole or not at all
+        fig.savefig(tmp, dpi=100)
     return path
 
 
@@ -87,5 +89,6 @@ def plot_loss_curve(log_path, png_path, title="training loss", keys=("loss", "ms
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with atomic_write(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return png_path

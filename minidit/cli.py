@@ -1,0 +1,152 @@
+"""What every minidit command (python -m minidit.<command>) promises its user, written once.
+
+- Bad input (a flag out of range, a missing or damaged file, a path that cannot be written) is
+  one line naming the problem and exit status 2, found before anything is written.
+- A run that started and could not finish (a diverged loss, a full disk) is one line and status 1.
+- Ctrl-C (SIGINT) and SIGTERM stop the command with one line saying where it stopped: 130 / 143.
+- Files are written whole or not at all (`atomic_write`): a reader never sees half a file.
+`run_command` applies these rules around a command's work.
+"""
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints `prog: error: message` on one line and exits with
+    status 2, without the usage dump, so the message that names the problem is what a user sees."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+class CommandFailed(RuntimeError):
+    """The command started and could not finish (exit 1); the message says why and what is kept."""
+
+
+class TrainingDiverged(CommandFailed):
+    """The loss or the weights became NaN or infinite; the message names the step and the newest
+    checkpoint, whose weights are finite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that one handler stops the work."""
+
+
+def check_positive(ap, args, names):
+    """ap.error naming the flag unless every args.<name> is a positive, finite number."""
+    for name in names:
+        v = getattr(args, name)
+        if not (v > 0 and math.isfinite(v)):
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def check_range(ap, args, name, low, high=math.inf, high_open=False):
+    """ap.error naming the flag unless low <= args.<name> <= high (< high when high_open)."""
+    v = getattr(args, name)
+    if v is None:
+        return
+    inside = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+    if not inside:
+        upper = "" if high == math.inf else (f", {high})" if high_open else f", {high}]")
+        span = f"[{low}{upper}" if upper else f">= {low}"
+        ap.error(f"--{name.replace('_', '-')} must be {'in ' + span if upper else span}, got {v}")
+
+
+def check_output_file(ap, flag, path, suffixes):
+    """ap.error unless `path` can become a file with one of `suffixes`: not a folder, a parent
+    that is a folder or can be made one. Checked before any work, so nothing is computed for an
+    output that cannot be written."""
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", os.sep)):
+        ap.error(f"{flag} {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if p.suffix.lower() not in suffixes:
+        ap.error(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
+    for parent in p.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                ap.error(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                ap.error(f"{flag} {path}: the folder {parent} is not writable")
+            break
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yield a temporary path beside `path` (same suffix, so writers that choose the format by
+    extension work) and rename it over `path` once the block finishes; on any error or
+    interrupt the temporary file is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an output is an ordinary file
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def is_temporary(name):
+    """True for the name of a file atomic_write left behind when its process was killed
+    (".step_0000500.npz.k3j2.tmp.npz"; earlier versions wrote "step_0000500.npz.k3j2.tmp")."""
+    return ".tmp" in name and (name.startswith(".") or name.endswith(".tmp"))
+
+
+def _describe(e):
+    """One line for an exception: OS errors name the file and the cause."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return str(e) or type(e).__name__
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batch or the number of images"):
+    """Parse and validate the arguments, then run(args) under the rules of this module. Returns
+    the exit status: run's own when it returns an int (the autograder's verdict), else 0 when
+    the work is done; bad arguments exit 2 through ap.error."""
+    args = ap.parse_args(argv)
+    if validate is not None:
+        validate(ap, args)
+    with _sigterm_as_exception():
+        try:
+            status = run(args)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
+            why = str(e) or "interrupted"
+            print(f"{ap.prog}: {why}", file=sys.stderr)
+            return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+        except CommandFailed as e:
+            print(f"{ap.prog}: {_describe(e)}", file=sys.stderr)
+            return EXIT_FAILED
+        except MemoryError:
+            ap.error(f"out of memory: {out_of_memory}")
+        except (OSError, ValueError, RuntimeError, ImportError, LookupError) as e:
+            ap.error(_describe(e))
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
