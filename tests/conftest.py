@@ -30,6 +30,8 @@ def rng():
 # Every gradient check made through `gradcheck` below is collected here and printed as one
 # table at the end of the run, so the test output shows the measured errors, layer by layer.
 _GRADCHECKS = []
+# The cases of tests/test_bad_input.py, summed up in one count line at the end of the run.
+BAD_INPUTS = []
 
 
 def gradcheck(name, forward, backward, arrays, tol, **kw):
@@ -77,9 +79,16 @@ def randomised_params(xp, cfg, seed=1, dtype=np.float64):
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    if BAD_INPUTS:
+        clear = sum(r["code"] == 2 and r["one_line"] and not r["traceback"] for r in BAD_INPUTS)
+        tr.section("bad-input matrix")
+        tr.write_line(f"{len(BAD_INPUTS)} bad inputs tried over {len({r['command'] for r in BAD_INPUTS})} "
+                      f"commands: {clear} one-line errors with exit 2, "
+                      f"{sum(r['traceback'] for r in BAD_INPUTS)} tracebacks, "
+                      f"{sum(r['changed'] > 0 for r in BAD_INPUTS)} left a file behind or changed one")
     if not _GRADCHECKS:
         return
-    tr = terminalreporter
     tr.section("gradient checks (float64, max relative error per array)")
     for name, res in _GRADCHECKS:
         worst = max(res.rows, key=lambda r: r[3]) if res.rows else ("-", (), 0, 0.0)

@@ -9,6 +9,7 @@ official PyTorch weights are converted by minidit.official instead.
 """
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def load_checkpoint(path):
                 if name != "meta":
                     g, k = name.split("/", 1)
                     groups.setdefault(g, {})[k] = z[name]
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         if isinstance(e, ValueError) and "minidit" in str(e):
             raise
         raise ValueError(f"{path} is not a readable minidit checkpoint ({e}); train with "

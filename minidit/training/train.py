@@ -138,12 +138,13 @@ def run(args, log=print):
     stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
     try:
-        return _train(args, run_dir, log)
+        return train(args, run_dir, log)
     finally:
         run_dir.close()
 
 
-def _train(args, run_dir, log):
+def train(args, run_dir, log=print):
+    """The training itself, in a checked run directory (see run)."""
     device = set_device(args.device)
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
