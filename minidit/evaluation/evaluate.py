@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import resolve_device, to_device, to_numpy
-from ..training.checkpoint import shipped_file
 from ..cli import CommandParser, check_positive, check_range, run_command
+from ..training.checkpoint import shipped_file
 from ..training.data import load_dataset
 from ..training.rundir import RunDir, add_run_arguments
 from .classifier import ClassifierConfig, features, images_to_input, load_classifier

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, to_device, to_numpy
+from ..cli import (CommandFailed, CommandParser, atomic_write, check_output_file, check_positive, check_range,
+                   run_command)
 from ..diffusion import create_diffusion
 from ..guidance import make_model_fn
 from ..latent.autoencoder import load_vae_decoder
-from ..cli import CommandFailed, CommandParser, atomic_write, check_output_file, check_positive, check_range, run_command
 from .checkpoint import find_checkpoint, find_vae, load_model
 from .parallel import DataParallel, resolve_workers
 from .viz import save_grid, to_uint8

@@ -10,12 +10,12 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device
+from ..cli import CommandFailed, CommandParser, check_positive, check_range, run_command
 from ..diffusion import create_diffusion
 from ..flops import count_params
-from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from ..latent.autoencoder import EncodedDataset, load_vae_encoder
+from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from .checkpoint import load_checkpoint
-from ..cli import CommandFailed, CommandParser, check_positive, check_range, run_command
 from .data import DataLoader, load_dataset
 from .optim import AdamW, ema_update, init_ema
 from .parallel import DataParallel, GradientSum, resolve_workers
