@@ -1,10 +1,20 @@
-"""Shared fixtures: the backend is one more test parameter (cpu always, gpu when present)."""
+"""Shared fixtures: the backend is one more test parameter (cpu always, gpu too). Without a real
+CuPy, "gpu" runs on the strict CuPy stand-in of tests/standin (issue 15), here and in every
+subprocess the tests start (notebooks, commands), so CI proves the GPU code paths."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+STANDIN_DIR = str(Path(__file__).resolve().parent / "standin")
+STANDIN = importlib.util.find_spec("cupy") is None
+if STANDIN:
+    sys.path.insert(0, STANDIN_DIR)
+    os.environ["PYTHONPATH"] = STANDIN_DIR + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 from minidit import backend  # noqa: E402
 from minidit.model import DiTConfig, param_shapes  # noqa: E402
@@ -12,14 +22,30 @@ from minidit.model import DiTConfig, param_shapes  # noqa: E402
 _GPU = backend.gpu_available()
 
 
+def pytest_report_header(config):
+    return ("gpu tests run on: the strict CuPy stand-in (tests/standin), no GPU needed" if STANDIN
+            else "gpu tests run on: CuPy " + __import__("cupy").__version__ + (" with a GPU" if _GPU else ", no GPU: skipped"))
+
+
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def xp(request):
-    """The array module to test with: numpy, then cupy when a GPU is available (else skipped)."""
+    """The array module to test with: numpy, then cupy (real, or the stand-in without one)."""
     if request.param == "gpu":
         if not _GPU:
             pytest.skip("no CuPy/GPU on this machine")
         return backend.get_xp("gpu")
     return np
+
+
+@pytest.fixture
+def standin():
+    """The CuPy stand-in module with its counters reset (tests that count syncs); skips on a
+    real GPU, whose syncs the stand-in cannot see."""
+    if not STANDIN:
+        pytest.skip("real CuPy present: the counts are the stand-in's")
+    import cupy
+    cupy.reset_counts()
+    return cupy
 
 
 @pytest.fixture
