@@ -120,6 +120,14 @@ def to_device(x, device=None):
     return xp.asarray(x)
 
 
+def on_device_of(x, a):
+    """`a` (a small array: timesteps, labels, indices) on the device of the array x, copied only
+    when it lives elsewhere. Public functions take t and y from either side and call this."""
+    if is_gpu_array(x) == is_gpu_array(a):
+        return a
+    return to_numpy(a) if not is_gpu_array(x) else get_array_module(x).asarray(a)
+
+
 # NumPy makes one pass over memory for every element-wise operation. A chain of ten or more of
 # them over a big array (GELU's backward, AdamW's update) runs faster block by block: a block of
 # 64K float32 values (256 KB) stays in the CPU core's L2 cache from one operation to the next.

@@ -4,14 +4,8 @@ towards the first, eps_hat = eps_u + s (eps_c - eps_u), with guidance scale s >=
 """
 import math
 
-from .backend import get_array_module
+from .backend import get_array_module, on_device_of
 from .model import dit_apply
-
-
-def _on_device_of(x, a):
-    """a (labels or timesteps, host or device) on the device of x: guidance concatenates them."""
-    xp = get_array_module(x)
-    return a if get_array_module(a) is xp else xp.asarray(a)
 
 
 def forward_with_cfg(params, x, t, y, guidance_scale, cfg, guidance="all"):
@@ -37,8 +31,8 @@ def forward_with_cfg(params, x, t, y, guidance_scale, cfg, guidance="all"):
     else:
         raise ValueError(f"forward_with_cfg: guidance must be 'all', 'official' or 1..{C}, got {guidance!r}")
     half = x[: x.shape[0] // 2]
-    out = dit_apply(params, xp.concatenate([half, half], axis=0), _on_device_of(x, t),
-                    _on_device_of(x, y), cfg)
+    out = dit_apply(params, xp.concatenate([half, half], axis=0), on_device_of(x, t),
+                    on_device_of(x, y), cfg)
     eps, rest = out[:, :n_guided], out[:, n_guided:]
     cond_eps, uncond_eps = xp.split(eps, 2, axis=0)
     half_eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)
@@ -60,7 +54,7 @@ def make_model_fn(params, cfg, y, guidance_scale=1.0, guidance="all"):
 
     def model_fn(x, t):
         xp = get_array_module(x)
-        labels = _on_device_of(x, y)
+        labels, t = on_device_of(x, y), on_device_of(x, t)
         if guidance_scale == 1:
             return dit_apply(params, x, t, labels, cfg)
         null = xp.full_like(labels, cfg.num_classes)

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .backend import get_array_module, to_device
+from .backend import get_array_module, on_device_of, to_device
 from .blocks import LN_EPS, get_design
-from .layers import (drop_labels, final_layer_backward, final_layer_forward, get_2d_sincos_pos_embed,
+from .layers import (check_labels, drop_labels, final_layer_backward, final_layer_forward, get_2d_sincos_pos_embed,
                      label_embed_backward, label_embed_forward, patch_embed_backward,
                      patch_embed_forward, timestep_embedder_backward, timestep_embedder_forward,
                      unpatchify_hwc_backward, unpatchify_hwc_forward)
@@ -223,6 +223,8 @@ def dit_forward(params, x, t, y, cfg, keep_cache=True):
     P, design = params, cfg.design
     xp = get_array_module(x)
     _check_inputs(x, t, y, cfg)
+    check_labels(y, cfg.num_embeddings)  # host labels, for free, before they move
+    t, y = on_device_of(x, t), on_device_of(x, y)  # t and y may come from the host (README)
     h, c_x = patch_embed_forward(x, P["x_embedder.proj.w"], P["x_embedder.proj.b"], cfg.patch_size)
     h = h + pos_embed(cfg, xp, x.dtype)  # (N, T, D), fixed table, no gradient
     t_emb, c_t = timestep_embedder_forward(t, P["t_embedder.mlp.0.w"], P["t_embedder.mlp.0.b"],

@@ -24,11 +24,15 @@ def test_label_embed_gradcheck_with_repeats(xp, rng):
 
 
 def test_class_id_errors(xp, rng):
+    """Labels given on the host are checked against the table, whichever device it is on;
+    labels already on the device are not read (that would be a sync on every forward)."""
     table = randn(xp, rng, K + 1, D)
     with pytest.raises(ValueError, match="class id 5"):
-        label_embed_forward(xp.asarray([0, 5]), table)
+        label_embed_forward(np.array([0, 5]), table)
     with pytest.raises(ValueError, match="class id -1"):
-        label_embed_forward(xp.asarray([-1]), table)
+        label_embed_forward(np.array([-1]), table)
+    out, _ = label_embed_forward(np.array([4, 0]), table)  # host labels, device table: moved
+    np.testing.assert_array_equal(to_numpy(out), to_numpy(table)[[4, 0]])
 
 
 def test_drop_labels(xp):

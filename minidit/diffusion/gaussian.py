@@ -8,17 +8,6 @@ from ..backend import get_array_module, is_gpu_array, to_numpy
 from . import losses
 
 
-def _gather(table, t, x):
-    """table[t] cast to x's dtype, on x's device, shaped (N, 1, ..., 1) to broadcast over x.
-
-    Like the official `_extract_into_tensor`, the float64 table is cast before any arithmetic,
-    except that we cast to x's dtype (float32 in training, float64 in gradient checks) where
-    the official code always uses float32 (PAPER.md 3.2, pitfall 10).
-    """
-    xp = get_array_module(x)
-    return xp.asarray(table[t].astype(x.dtype)).reshape((-1,) + (1,) * (x.ndim - 1))
-
-
 def _device_of(x):
     return "gpu" if is_gpu_array(x) else "cpu"
 
@@ -28,7 +17,9 @@ class GaussianDiffusion:
 
     The index t taken by every method is a position in THIS chain, 0..num_timesteps-1, given
     as an int array of shape (N,) (host or device) or a Python int. The model is always called
-    with the original timestep timestep_map[t] (PAPER.md 3.3). Arrays are NCHW.
+    with the original timestep timestep_map[t] (PAPER.md 3.3). Arrays are NCHW. The tables are
+    kept where x lives (a copy per device and dtype, made once), so a step on the GPU looks its
+    coefficients up on the GPU, without a copy or a sync.
     learn_sigma=True: the model outputs (N, 2C, H, W) = [eps, v] with the LEARNED_RANGE
     variance; False: (N, C, H, W) = eps with FIXED_SMALL variance (the posterior variance).
     """
@@ -62,39 +53,68 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
         self.posterior_mean_coef2 = (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)
+        self.log_betas = np.log(betas)
+        self.nonzero_t = (np.arange(T) != 0).astype(np.float64)  # 1[t != 0]: no noise at the last step
+        self._tables = {}  # (name, array module, dtype) -> the table there, cast
 
-    def indices(self, t, n):
-        """t as a host int64 array of shape (n,), checked to lie in 0..num_timesteps-1."""
-        t = np.asarray(to_numpy(t))
-        if t.ndim == 0:
-            t = np.full(n, t)
-        if t.dtype.kind not in "iu" or t.shape != (n,):
-            raise ValueError(f"t must be {n} integer indices, got dtype {t.dtype} shape {t.shape}")
-        if t.min() < 0 or t.max() >= self.num_timesteps:
-            raise ValueError(f"t = {t.min()}..{t.max()} outside this diffusion's 0..{self.num_timesteps - 1}")
-        return t.astype(np.int64)
+    def indices(self, t, n, like=None):
+        """t as int64 indices of shape (n,), on the device of `like` (an array) when given.
+
+        Host indices are checked to lie in 0..num_timesteps-1; device ones are checked for
+        shape and type only, since reading their values would cost a device-to-host sync."""
+        if get_array_module(t) is np:
+            t = np.asarray(t)
+            if t.ndim == 0:
+                t = np.full(n, t)
+            if t.dtype.kind not in "iu" or t.shape != (n,):
+                raise ValueError(f"t must be {n} integer indices, got dtype {t.dtype} shape {t.shape}")
+            if t.min() < 0 or t.max() >= self.num_timesteps:
+                raise ValueError(f"t = {t.min()}..{t.max()} outside this diffusion's 0..{self.num_timesteps - 1}")
+            t = t.astype(np.int64)
+        elif t.dtype.kind not in "iu" or tuple(t.shape) != (n,):
+            raise ValueError(f"t must be {n} integer indices, got dtype {t.dtype} shape {tuple(t.shape)}")
+        if like is None:
+            return t
+        xp = get_array_module(like)
+        if get_array_module(t) is xp:
+            return t
+        return xp.asarray(t) if xp is not np else np.asarray(to_numpy(t))
+
+    def gather(self, name, t, x):
+        """table[t] for the table called `name`, cast to x's dtype, on x's device, shaped
+        (N, 1, ..., 1) to broadcast over x; t as indices() returns it for x.
+
+        Like the official `_extract_into_tensor`, the float64 table is cast before any arithmetic,
+        except that we cast to x's dtype (float32 in training, float64 in gradient checks) where
+        the official code always uses float32 (PAPER.md 3.2, pitfall 10).
+        """
+        xp = get_array_module(x)
+        key = (name, xp.__name__, np.dtype(x.dtype).str)
+        if key not in self._tables:
+            self._tables[key] = xp.asarray(getattr(self, name).astype(x.dtype))
+        return self._tables[key][t].reshape((-1,) + (1,) * (x.ndim - 1))
 
     def q_sample(self, x_start, t, noise):
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps; all arrays (N, C, H, W)."""
-        t = self.indices(t, x_start.shape[0])
-        return (_gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
-                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise)
+        t = self.indices(t, x_start.shape[0], like=x_start)
+        return (self.gather("sqrt_alphas_cumprod", t, x_start) * x_start
+                + self.gather("sqrt_one_minus_alphas_cumprod", t, x_start) * noise)
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), each (N, C, H, W)."""
-        t = self.indices(t, x_start.shape[0])
-        mean = (_gather(self.posterior_mean_coef1, t, x_t) * x_start
-                + _gather(self.posterior_mean_coef2, t, x_t) * x_t)
+        t = self.indices(t, x_start.shape[0], like=x_start)
+        mean = (self.gather("posterior_mean_coef1", t, x_t) * x_start
+                + self.gather("posterior_mean_coef2", t, x_t) * x_t)
         zeros = get_array_module(x_t).zeros_like(x_t)
-        variance = _gather(self.posterior_variance, t, x_t) + zeros
-        log_variance = _gather(self.posterior_log_variance_clipped, t, x_t) + zeros
+        variance = self.gather("posterior_variance", t, x_t) + zeros
+        log_variance = self.gather("posterior_log_variance_clipped", t, x_t) + zeros
         return mean, variance, log_variance
 
     def log_variance_range(self, t, x):
         """(min_log, max_log) = (log of clipped beta~_t, log beta_t), each (N, 1, 1, 1) as x's dtype."""
-        t = self.indices(t, x.shape[0])
-        return (_gather(self.posterior_log_variance_clipped, t, x),
-                _gather(np.log(self.betas), t, x))
+        t = self.indices(t, x.shape[0], like=x)
+        return (self.gather("posterior_log_variance_clipped", t, x),
+                self.gather("log_betas", t, x))
 
     def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
         """The reverse step p(x_{t-1} | x_t) the model output defines (PAPER.md 3.5).
@@ -105,7 +125,7 @@ class GaussianDiffusion:
         official create_diffusion would pick FIXED_LARGE here; DiT itself always learns sigma).
         """
         xp = get_array_module(x_t)
-        t = self.indices(t, x_t.shape[0])
+        t = self.indices(t, x_t.shape[0], like=x_t)
         C = x_t.shape[1]
         expected = 2 * C if self.learn_sigma else C
         if model_output.shape[1] != expected:
@@ -118,10 +138,10 @@ class GaussianDiffusion:
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = xp.exp(log_variance)
         else:
-            variance = _gather(self.posterior_variance, t, x_t) + xp.zeros_like(x_t)
-            log_variance = _gather(self.posterior_log_variance_clipped, t, x_t) + xp.zeros_like(x_t)
-        pred_xstart = (_gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                       - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+            variance = self.gather("posterior_variance", t, x_t) + xp.zeros_like(x_t)
+            log_variance = self.gather("posterior_log_variance_clipped", t, x_t) + xp.zeros_like(x_t)
+        pred_xstart = (self.gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                       - self.gather("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
         if clip_denoised:
             pred_xstart = xp.clip(pred_xstart, -1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
@@ -134,8 +154,11 @@ class GaussianDiffusion:
 
     def _call_model(self, model_fn, x, t):
         """model_fn(x, original timesteps as int64 on x's device) (PAPER.md 3.3)."""
-        t_orig = get_array_module(x).asarray(self.timestep_map[t])
-        return model_fn(x, t_orig)
+        xp = get_array_module(x)
+        key = ("timestep_map", xp.__name__, "int64")
+        if key not in self._tables:
+            self._tables[key] = xp.asarray(self.timestep_map)
+        return model_fn(x, self._tables[key][t])
 
     @staticmethod
     def _step_noise(x, noise, rng):
@@ -152,10 +175,10 @@ class GaussianDiffusion:
         rng.normal(x.shape) drawn after the model call, also at t = 0 (as official), so a seed
         fixes the whole run. Returns dict(sample, pred_xstart).
         """
-        t = self.indices(t, x.shape[0])
+        t = self.indices(t, x.shape[0], like=x)
         out = self.p_mean_variance(self._call_model(model_fn, x, t), x, t, clip_denoised)
         z = self._step_noise(x, noise, rng)
-        nonzero = _gather((np.arange(self.num_timesteps) != 0).astype(np.float64), t, x)
+        nonzero = self.gather("nonzero_t", t, x)
         sample = out["mean"] + nonzero * get_array_module(x).exp(0.5 * out["log_variance"]) * z
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
@@ -166,17 +189,17 @@ class GaussianDiffusion:
         Returns dict(sample, pred_xstart).
         """
         xp = get_array_module(x)
-        t = self.indices(t, x.shape[0])
+        t = self.indices(t, x.shape[0], like=x)
         out = self.p_mean_variance(self._call_model(model_fn, x, t), x, t, clip_denoised)
         # eps re-derived from the (possibly clipped) x0 prediction
-        eps = ((_gather(self.sqrt_recip_alphas_cumprod, t, x) * x - out["pred_xstart"])
-               / _gather(self.sqrt_recipm1_alphas_cumprod, t, x))
-        abar = _gather(self.alphas_cumprod, t, x)
-        abar_prev = _gather(self.alphas_cumprod_prev, t, x)
+        eps = ((self.gather("sqrt_recip_alphas_cumprod", t, x) * x - out["pred_xstart"])
+               / self.gather("sqrt_recipm1_alphas_cumprod", t, x))
+        abar = self.gather("alphas_cumprod", t, x)
+        abar_prev = self.gather("alphas_cumprod_prev", t, x)
         sigma = eta * xp.sqrt((1 - abar_prev) / (1 - abar)) * xp.sqrt(1 - abar / abar_prev)
         z = self._step_noise(x, noise, rng)
         mean = out["pred_xstart"] * xp.sqrt(abar_prev) + xp.sqrt(1 - abar_prev - sigma ** 2) * eps
-        nonzero = _gather((np.arange(self.num_timesteps) != 0).astype(np.float64), t, x)
+        nonzero = self.gather("nonzero_t", t, x)
         return {"sample": mean + nonzero * sigma * z, "pred_xstart": out["pred_xstart"]}
 
     def _loop(self, step, shape, noise, rng, dtype, device, progress, callback):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
+from ..backend import get_array_module
 from ..layers import mse_backward, mse_forward
 
 LN2 = math.log(2.0)
@@ -104,7 +104,7 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None)
     """
     xp = get_array_module(x_start)
     N, C = x_start.shape[:2]
-    t = diffusion.indices(t, N)
+    t = diffusion.indices(t, N)  # host or device, as given: see _vb_bits_and_grad
     if dloss is None:
         dloss = xp.full((N,), 1.0 / N, dtype=x_start.dtype)
     dloss = xp.asarray(dloss).reshape(N)
@@ -133,13 +133,21 @@ def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
     elem = normal_kl(true_mean, true_log_var, mean, log_var)
     # kl = normal_kl(true_mean, true_log_var, mean, log_var)
     d_log_var = normal_kl_grad_logvar2(true_mean, true_log_var, mean, log_var)
-    rows = np.flatnonzero(to_numpy(t) == 0)
-    if rows.size:
-        r = xp.asarray(rows)
-        x0, mu, half_lv = x_start[r], mean[r], 0.5 * log_var[r]
-        elem[r] = -discretized_gaussian_log_likelihood(x0, mu, half_lv)
-        # nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 log_var)
-        d_log_var[r] = -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(x0, mu, half_lv)
+    if get_array_module(t) is np:  # on the host: the NLL only for the rows at t = 0 (1 in 1000)
+        rows = np.flatnonzero(t == 0)
+        if rows.size:
+            r = xp.asarray(rows)
+            x0, mu, half_lv = x_start[r], mean[r], 0.5 * log_var[r]
+            elem[r] = -discretized_gaussian_log_likelihood(x0, mu, half_lv)
+            # nll = -discretized_gaussian_log_likelihood(x_start, mean, 0.5 log_var)
+            d_log_var[r] = -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(x0, mu, half_lv)
+    else:  # on the device: finding the rows would cost a sync, so every element gets the NLL,
+        # and where() keeps it at t = 0 (the same numbers, a few more element-wise passes)
+        first = (t == 0).reshape((-1,) + (1,) * (x_start.ndim - 1))
+        half_lv = 0.5 * log_var
+        elem = xp.where(first, -discretized_gaussian_log_likelihood(x_start, mean, half_lv), elem)
+        d_log_var = xp.where(first, -0.5 * discretized_gaussian_log_likelihood_grad_log_scales(
+            x_start, mean, half_lv), d_log_var)
     vb = elem.mean(axis=axes) / LN2
     # vb = mean_{CHW} where(t == 0, nll, kl) / ln 2
     d_log_var *= dloss.reshape((-1,) + (1,) * (x_start.ndim - 1)) / (M * LN2)

@@ -17,7 +17,7 @@ from .patchify import (patchify, unpatchify_chw, patch_embed_forward, patch_embe
 from .pos_embed import get_1d_sincos_pos_embed, get_2d_sincos_pos_embed
 from .timestep_embed import (timestep_features, timestep_embedder_forward,
                              timestep_embedder_backward)
-from .label_embed import (label_embed_forward, label_embed_backward, drop_labels)
+from .label_embed import (label_embed_forward, label_embed_backward, drop_labels, check_labels)
 from .loss import mse_forward, mse_backward
 from .conv2d import conv2d_forward, conv2d_backward, conv2d_output_size
 from .groupnorm import groupnorm_forward, groupnorm_backward

@@ -3,6 +3,8 @@ PAPER.md 1.4). The table has K + 1 rows when label dropout is used; row K is the
 (unconditional) embedding. Dropout is a separate, explicit step so the forward stays
 deterministic.
 """
+import numpy as np
+
 from ..backend import device_of, get_array_module
 
 
@@ -25,16 +27,23 @@ def drop_labels(y, prob, num_classes, rng=None, force_drop_ids=None):
     return xp.where(drop, num_classes, y)
 
 
+def check_labels(y, rows):
+    """ValueError unless host labels y lie in [0, rows). Labels already on the GPU are not read
+    (that would cost a device-to-host sync on every forward): the data stream and the sampler
+    check theirs on the host, before they move them."""
+    if get_array_module(y) is np:
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= rows):
+            bad = int(y.min()) if y.min() < 0 else int(y.max())
+            raise ValueError(f"label embedding: class id {bad} outside [0, {rows}) "
+                             f"(the table has {rows} rows)")
+
+
 def label_embed_forward(y, table):
-    """y (N,) int in [0, rows), table (rows, D) -> (N, D), a row lookup."""
-    xp = get_array_module(table)
-    y = xp.asarray(y)
-    rows = table.shape[0]
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= rows):
-        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
-        raise ValueError(f"label embedding: class id {bad} outside [0, {rows}) "
-                         f"(the table has {rows} rows)")
-    return table[y], (y, rows)
+    """y (N,) int in [0, rows), host or device, table (rows, D) -> (N, D), a row lookup."""
+    check_labels(y, table.shape[0])
+    y = get_array_module(table).asarray(y)
+    return table[y], (y, table.shape[0])
 
 
 # exercise: 3.1 Classifier-free guidance
