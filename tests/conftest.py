@@ -48,6 +48,17 @@ def standin():
     return cupy
 
 
+@pytest.fixture(autouse=True)
+def _cpu_is_the_default_device(monkeypatch):
+    """Every test starts with the CPU as the default device, whatever MINIDIT_DEVICE says, so the
+    suite runs unchanged with MINIDIT_DEVICE=gpu; tests reach the GPU through the xp parameter or
+    an explicit device."""
+    monkeypatch.setenv(backend.ENV_VAR, "cpu")
+    backend.set_device("cpu")
+    yield
+    backend.set_device("cpu")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from minidit import backend
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -28,11 +30,16 @@ def test_notebook_is_stripped(path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch, tmp_path):
+def test_notebook_runs(path, device, monkeypatch, tmp_path):
+    """Each notebook, headless, in fast mode, on the CPU and with MINIDIT_DEVICE=gpu (the CuPy
+    stand-in of tests/standin where no CuPy is installed, as in CI)."""
+    if device == "gpu" and not backend.gpu_available():
+        pytest.skip("CuPy is installed but finds no GPU")
     monkeypatch.setenv("MINIDIT_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("MINIDIT_DEVICE", "cpu")
+    monkeypatch.setenv("MINIDIT_DEVICE", device)
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",

@@ -118,8 +118,14 @@ def block_backward(dout, cache):
     return dx + dh, g
 
 
+_POS = {}  # (D, grid, dtype, array module) -> the fixed (T, D) table, built once
+
+
 def _pos_embed(cfg, xp, dtype):
-    return xp.asarray(get_2d_sincos_pos_embed(cfg.hidden_size, cfg.grid_size), dtype=dtype)  # (T, D)
+    key = (cfg.hidden_size, cfg.grid_size, np.dtype(dtype).str, xp.__name__)
+    if key not in _POS:
+        _POS[key] = xp.asarray(get_2d_sincos_pos_embed(cfg.hidden_size, cfg.grid_size), dtype=dtype)  # (T, D)
+    return _POS[key]
 
 
 def features_forward(P, x, cfg):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import resolve_device, to_device, to_numpy
+from ..backend import get_device, resolve_device, to_device, to_numpy
 from ..cli import CommandParser, check_positive, check_range, run_command
 from ..training.checkpoint import shipped_file
 from ..training.data import load_dataset
@@ -120,14 +120,16 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
     """Score class-conditional samples against real images with the minidit classifier.
 
     samples: uint8 (N, H, W, C) or float (N, C, H, W) in [-1, 1], NumPy or CuPy; labels (N,) the
-    classes the samples were asked for; real_dataset: an ImageDataset of real held-out images
+    classes the samples were asked for; device: where the classifier runs (None: the current
+    default device, minidit.backend.get_device); real_dataset: an ImageDataset of real held-out images
     (default: the held-out split of the classifier's dataset); classifier: (params, meta) or the
     path of a saved classifier. Returns an EvalReport (a dict; .summary() is one line) with
     class_accuracy, per_class_accuracy, classifier_real_accuracy, FD_minidit_classifier,
     n_samples, n_real and the classifier file's description.
     """
     params, meta = load_classifier(classifier) if isinstance(classifier, (str, Path)) else classifier
-    device = resolve_device(device)
+    device = get_device() if device is None else resolve_device(device)
+    params = to_device(params, device)  # once, not per batch
     real = _real_dataset_for(meta) if real_dataset is None else real_dataset
     cfg = ClassifierConfig(**meta["config"])
     if real.num_classes != cfg.num_classes or real.image_size != cfg.image_size \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import Generator, set_device
+from ..backend import Generator, get_device, set_device
 from ..blocks import BLOCK_DESIGNS
 from ..diffusion import create_diffusion
 from ..flops import count_params, gflops, sampling_compute, training_compute
@@ -63,7 +63,7 @@ def train_and_track(cfg, data, classifier, real, budget, seed=0, log=print, name
     loader = DataLoader(data, budget["batch"], rng)
     eval_at = set(np.linspace(0, budget["steps"], budget["evals"] + 1).astype(int)[1:].tolist())
     history, losses, t0 = [], [], time.perf_counter()
-    with DataParallel(resolve_workers(0, budget["batch"])) as parallel:  # threads share each batch
+    with DataParallel(resolve_workers(0, budget["batch"], get_device())) as parallel:  # CPU threads share a batch
         for step in range(1, budget["steps"] + 1):
             x, y = next(loader)
             s = train_step(params, ema, opt, cfg, diffusion, x, y, rng, budget["ema"], parallel)

@@ -38,6 +38,10 @@ class ImageDataset:
             raise ValueError(f"labels must have shape ({len(self.images)},), "
                              f"got {self.labels.shape}")
         self.labels = self.labels.astype(np.int64)
+        # checked here, on the host, once: the training step reads them on the device unchecked
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise ValueError(f"labels must lie in [0, {len(self.class_names)}) (one per class name), "
+                             f"got {self.labels.min()}..{self.labels.max()}")
 
     def __len__(self):
         return len(self.images)

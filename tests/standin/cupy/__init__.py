@@ -154,6 +154,12 @@ class ndarray:
         _count("sync")
         return bool(self._a)
 
+    def __format__(self, spec):
+        if self._a.ndim:
+            return object.__format__(self, spec) if not spec else f"{self!r}"
+        _count("sync")
+        return format(self._a.item(), spec)
+
     def __index__(self):
         _count("sync")
         return self._a.__index__()
