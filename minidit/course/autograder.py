@@ -284,8 +284,9 @@ def grade(edition, names=None, verbose=False, stream=None):
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         path = [str(edition)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        # MINIDIT_FUSED=0: on a GPU the student's body runs, not the library's fused kernel
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1",
-                   **{_REPORT_ENV: str(report)})
+                   MINIDIT_FUSED="0", **{_REPORT_ENV: str(report)})
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "minidit.course.autograder",
                "-q", "--tb=short", "--continue-on-collection-errors", f"--rootdir={edition}", *files]
         t0 = time.perf_counter()

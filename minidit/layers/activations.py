@@ -3,12 +3,14 @@ every adaLN regression and inside the timestep MLP), and softmax (inside attenti
 """
 import math
 
+from .. import fused
 from ..backend import cache_blocks, get_array_module
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi) of the tanh approximation (PAPER.md 1.5)
 _GELU_C = 0.044715
 
 
+@fused.on_gpu(fused.gelu_forward)
 def gelu_forward(x):
     """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x any shape.
 
@@ -37,6 +39,7 @@ def _gelu_tanh(x, out):
 
 
 # exercise: 3.2 DiT block design
+@fused.on_gpu(fused.gelu_backward)
 def gelu_backward(dout, cache):
     """dout like x -> dx."""
     x = cache
@@ -85,6 +88,7 @@ def softmax_forward(x, axis=-1):
 
 
 # exercise: 3.2 DiT block design
+@fused.on_gpu(fused.softmax_backward)
 def softmax_backward(dout, cache):
     """dout like x -> dx. Only the output y is cached: dy/dx = diag(y) - y y^T per row."""
     y, axis = cache

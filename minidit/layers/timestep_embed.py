@@ -3,7 +3,7 @@ of the (possibly fractional) timestep, then Linear(256 -> D) -> SiLU -> Linear(D
 """
 import math
 
-from ..backend import get_array_module
+from ..backend import get_array_module, on_device_of
 from .activations import silu_forward, silu_backward
 from .linear import linear_forward, linear_backward
 
@@ -29,9 +29,10 @@ def timestep_features(t, dim=256, max_period=10000):
 def timestep_embedder_forward(t, w0, b0, w2, b2, freq_dim=256):
     """t (N,); w0 (freq_dim, D), b0 (D,), w2 (D, D), b2 (D,) -> t_emb (N, D).
 
-    The features are cast to the weights' dtype after being computed in float32.
+    The features are cast to the weights' dtype after being computed in float32; t may be on
+    the host or on the weights' device (it is moved, as the labels of label_embed_forward are).
     """
-    f = timestep_features(t, freq_dim).astype(w0.dtype)  # (N, 256)
+    f = timestep_features(on_device_of(w0, t), freq_dim).astype(w0.dtype)  # (N, 256)
     h, c0 = linear_forward(f, w0, b0)  # (N, D)
     a, cs = silu_forward(h)
     out, c2 = linear_forward(a, w2, b2)  # (N, D)

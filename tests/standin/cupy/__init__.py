@@ -26,8 +26,10 @@ __version__ = "0.0+minidit-standin"
 STANDIN = True  # how a test tells this from the real CuPy
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-# counters: kind -> Counter(call site "file:line" -> n)
-counts = {"sync": collections.Counter(), "to_device": collections.Counter()}
+# counters: kind -> Counter(call site "file:line" -> n). "kernel" counts what would be one GPU
+# kernel launch: each element-wise operation, reduction, copy or cast, and one per fused function.
+counts = {"sync": collections.Counter(), "to_device": collections.Counter(), "kernel": collections.Counter()}
+_fusing = [0]  # inside a fused function: its operations are one kernel, counted once
 
 
 def reset_counts():
@@ -45,6 +47,8 @@ def _site():
 
 
 def _count(kind):
+    if kind == "kernel" and _fusing[0]:
+        return
     counts[kind][_site()] += 1
 
 
@@ -169,6 +173,7 @@ class ndarray:
         if "out" in kwargs:
             kwargs["out"] = tuple(_unwrap(o, f"np.{ufunc.__name__}") for o in kwargs["out"])
         args = [_unwrap(x, f"np.{ufunc.__name__}") for x in inputs]
+        _count("kernel")
         return _wrap(getattr(ufunc, method)(*args, **kwargs))
 
     def __array_function__(self, func, types_, args, kwargs):
@@ -179,12 +184,15 @@ class ndarray:
 
     # indexing
     def __getitem__(self, idx):
+        if _builtins.any(isinstance(i, ndarray) for i in (idx if isinstance(idx, tuple) else (idx,))):
+            _count("kernel")  # a gather
         return _wrap(self._a[_index(idx)])
 
     def __setitem__(self, idx, value):
         if isinstance(value, _np.ndarray):
             raise TypeError("cupy stand-in: assigning a host (NumPy) array into a device array; "
                             "move it with cupy.asarray first (CuPy raises here too)")
+        _count("kernel")
         self._a[_index(idx)] = _unwrap(value, "assignment")
 
     # methods
@@ -198,9 +206,11 @@ class ndarray:
         return ndarray(self._a.swapaxes(a, b))
 
     def astype(self, dtype, order="K", copy=True, **kw):
+        _count("kernel")
         return ndarray(self._a.astype(dtype, order=order, copy=copy))
 
     def copy(self, order="C"):
+        _count("kernel")
         return ndarray(self._a.copy(order=order))
 
     def view(self, *a):
@@ -227,6 +237,7 @@ def _reduction(name):
         kwargs = dict(axis=axis, keepdims=keepdims, **kw)
         if dtype is not None:
             kwargs["dtype"] = dtype
+        _count("kernel")
         return _wrap(_np.asarray(getattr(self._a, name)(**kwargs)))
     method.__name__ = name
     return method
@@ -241,6 +252,7 @@ def _binary(op, reflected=False):
         if isinstance(other, _np.ndarray):
             raise _host_error(f"the operator {op.__name__}")
         o = other._a if isinstance(other, ndarray) else other
+        _count("kernel")
         return _wrap(op(o, self._a) if reflected else op(self._a, o))
     return method
 
@@ -249,6 +261,7 @@ def _inplace(op):
     def method(self, other):
         if isinstance(other, _np.ndarray):
             raise _host_error(f"the in-place operator {op.__name__}")
+        _count("kernel")
         op(self._a, other._a if isinstance(other, ndarray) else other, out=self._a)
         return self
     return method
@@ -275,12 +288,17 @@ ndarray.__hash__ = None
 
 # module functions: NumPy's, on unwrapped device arrays, refusing host arrays ----------------------
 
+_VIEWS = {"transpose", "reshape", "moveaxis", "expand_dims", "broadcast_to", "swapaxes", "squeeze", "split"}
+
+
 def _function(name):
     fn = getattr(_np, name)
 
     def wrapper(*args, **kwargs):
         a = [_unwrap(x, f"cupy.{name}") for x in args]
         k = {key: _unwrap(v, f"cupy.{name}") for key, v in kwargs.items()}
+        if name not in _VIEWS:
+            _count("kernel")
         return _wrap(fn(*a, **k))
     wrapper.__name__ = name
     return wrapper
@@ -309,6 +327,7 @@ def _creation(name):
     fn = getattr(_np, name)
 
     def wrapper(*args, **kwargs):
+        _count("kernel")
         return ndarray(fn(*[_unwrap(x, f"cupy.{name}") for x in args], **kwargs))
     wrapper.__name__ = name
     return wrapper
@@ -342,10 +361,17 @@ def get_array_module(*args):
 
 def fuse(*args, **kwargs):
     """cupy.fuse compiles a Python function of element-wise operations into one kernel; the
-    stand-in runs the function as written, on device arrays."""
+    stand-in runs the function as written, on device arrays, and counts one kernel."""
     def decorate(fn):
-        fn.__minidit_fused__ = True
-        return fn
+        def fused(*a, **k):
+            _count("kernel")
+            _fusing[0] += 1
+            try:
+                return fn(*a, **k)
+            finally:
+                _fusing[0] -= 1
+        fused.__name__ = fn.__name__
+        return fused
     if args and callable(args[0]) and not kwargs:
         return decorate(args[0])
     return decorate
