@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from . import __version__, fused
-from .backend import Generator, get_xp, set_device, synchronize, to_device, to_numpy
+from .backend import Generator, get_xp, set_device, synchronize, to_device
 from .cli import CommandFailed, CommandParser, run_command
 
 
