@@ -16,7 +16,7 @@ from ..layers.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from ..training.checkpoint import load_checkpoint
 from ..training.data import DataLoader, ImageDataset, load_dataset
 from ..training.optim import AdamW
-from ..cli import CommandFailed, TrainingDiverged
+from ..cli import TrainingDiverged
 from ..training.rundir import check_resumable, restore_training_state, training_state
 from .classifier import (ClassifierConfig, accuracy, classifier_backward, classifier_forward,
                          init_classifier, save_classifier)
@@ -135,8 +135,7 @@ def run(args, run_dir, command, log=print):
     try:
         out = save_classifier(run_dir.path / "classifier.npz", params, meta)
     except OSError as e:
-        raise CommandFailed(f"could not write {run_dir.path / 'classifier.npz'}: {e.strerror or e}; "
-                            f"the newest checkpoint is {run_dir.last_checkpoint}") from e
+        raise run_dir.write_failed(e, run_dir.path / "classifier.npz") from e
     log(f"held-out accuracy {100 * meta['heldout_accuracy']:.2f}% (n={meta['heldout_n']}), trained in "
         f"{meta['train_seconds']} s; wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
     return out

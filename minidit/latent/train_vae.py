@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..cli import CommandFailed, CommandParser, atomic_write, check_positive, check_range, run_command
+from ..cli import CommandParser, atomic_write, check_positive, check_range, run_command
 from ..training.data import DataLoader, load_dataset, to_model_space
 from ..training.optim import AdamW
 from ..training.rundir import (RunDir, add_run_arguments, check_resumable, restore_training_state,
@@ -231,8 +231,7 @@ def _train(args, run_dir, log):
     except KeyboardInterrupt as e:
         raise run_dir.interrupted(e, step) from None
     except OSError as e:
-        raise CommandFailed(f"could not write the VAE's files in {out}: {e.strerror or e} ({e.filename}); "
-                            f"the newest checkpoint is {run_dir.last_checkpoint}") from e
+        raise run_dir.write_failed(e, e.filename or f"the VAE's files in {out}") from e
     log(f"done: step {step}, latent scale {scale:.5f}, held-out PSNR {held_out_psnr:.2f} dB on "
         f"{len(x_test)} images ({'test split' if test is not data else 'training images'}); VAE in {vae_file}")
     return summary

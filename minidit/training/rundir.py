@@ -178,8 +178,7 @@ class RunDir:
         try:
             path = save_checkpoint(target, dict(meta, step=step), **groups)
         except OSError as e:
-            raise CommandFailed(f"could not write the checkpoint {target}: {e.strerror or e}; "
-                                f"the newest checkpoint is {self._newest()}") from e
+            raise self.write_failed(e, f"the checkpoint {target}") from e
         for old in checkpoints_of(self.path)[:-self.keep]:
             old.unlink()
         self.last_checkpoint = path
@@ -187,6 +186,10 @@ class RunDir:
 
     def _newest(self):
         return self.last_checkpoint or "none (none written yet)"
+
+    def write_failed(self, e, what):
+        """The CommandFailed error for an OSError (a full disk...) while writing `what`."""
+        return CommandFailed(f"could not write {what}: {e.strerror or e}; the newest checkpoint is {self._newest()}")
 
     def diverged(self, step, stats):
         """The TrainingDiverged error for a non-finite loss at `step`, naming the newest checkpoint."""
@@ -204,8 +207,7 @@ class RunDir:
         try:
             return plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
         except OSError as e:
-            raise CommandFailed(f"could not write {self.path / 'loss.png'}: {e.strerror or e}; "
-                                f"the newest checkpoint is {self._newest()}") from e
+            raise self.write_failed(e, self.path / "loss.png") from e
 
 
 def check_resumable(meta, groups, path):

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
-from ..cli import CommandFailed, CommandParser, check_positive, check_range, run_command
+from ..cli import CommandParser, check_positive, check_range, run_command
 from ..diffusion import create_diffusion
 from ..flops import count_params
 from ..latent.autoencoder import EncodedDataset, load_vae_encoder
@@ -242,8 +242,7 @@ def train(args, run_dir, log=print):
                     try:
                         sample_grid(step)
                     except OSError as e:
-                        raise CommandFailed(f"could not write the sample grid of step {step}: {e.strerror or e} "
-                                            f"({e.filename}); the newest checkpoint is {run_dir.last_checkpoint}") from e
+                        raise run_dir.write_failed(e, f"the sample grid of step {step}") from e
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say where the run stopped
         raise run_dir.interrupted(e, step) from None
     finally:
