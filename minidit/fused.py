@@ -111,7 +111,7 @@ def softmax_backward(dout, cache):
 
 
 def layernorm_forward(x, gamma=None, beta=None, eps=1e-6, cache=tuple):
-    """cache: the cache type of the layer it stands behind (LayerNormCache)."""
+    """cache: builds the layer's cache from (xhat, rstd, gamma) (LayerNormCache._make)."""
     xp = get_array_module(x)
     K = kernels(xp)
     mean = x.mean(axis=-1, keepdims=True)
