@@ -5,6 +5,8 @@ DiT trains with torch.optim.AdamW (lr 1e-4 constant, betas (0.9, 0.999), eps 1e-
 weights, which is what every result in the paper is sampled from. Both work on flat dicts of
 arrays keyed like the model's parameters, on NumPy or CuPy.
 """
+import math
+
 from .. import fused
 from ..backend import cache_blocks, get_array_module, to_numpy
 from .parallel import DataParallel
@@ -108,6 +110,29 @@ class AdamW:
             xp = get_array_module(self.m[k])
             self.m[k][...] = xp.asarray(state["m"][k])
             self.v[k][...] = xp.asarray(state["v"][k])
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(step, lr, total_steps, warmup=0, schedule="constant", final_fraction=0.0):
+    """The learning rate of training step `step` (1-based) under a warm-up and a decay.
+
+    The paper trains at a constant 1e-4 with no warm-up ("constant", warmup 0: lr at every step).
+    A run of a few thousand steps learns faster with a short linear warm-up (lr * step / warmup for
+    the first `warmup` steps) followed by a decay that ends at lr * final_fraction on the last
+    step: "cosine" (half a cosine wave) or "linear". A pure function of the step, so a resumed run
+    uses the same rate at every step as an uninterrupted one.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if warmup and step <= warmup:
+        return lr * step / warmup
+    if schedule == "constant" or total_steps <= warmup:
+        return lr
+    progress = min(1.0, (step - warmup) / (total_steps - warmup))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return lr * (final_fraction + (1 - final_fraction) * shape)
 
 
 def init_ema(params):

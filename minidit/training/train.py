@@ -17,7 +17,7 @@ from ..latent.autoencoder import EncodedDataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from .checkpoint import load_checkpoint
 from .data import DataLoader, load_dataset
-from .optim import AdamW, ema_update, init_ema
+from .optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
 from .parallel import DataParallel, GradientSum, resolve_workers
 from .rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
 from .sample import generate
@@ -87,6 +87,12 @@ def build_parser():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=2000, help="total training steps")
     ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
+    ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                    help="learning rate over the run: constant (paper), cosine or linear decay to "
+                         "--lr-final x lr at the last step")
+    ap.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (paper: 0)")
+    ap.add_argument("--lr-final", type=float, default=0.0,
+                    help="the decay's last learning rate as a fraction of --lr (default 0)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
     ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
     ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
@@ -111,6 +117,8 @@ def _validate(ap, a):
         if getattr(a, name) is not None:
             check_positive(ap, a, (name,))
     check_range(ap, a, "weight_decay", 0)
+    check_range(ap, a, "warmup", 0)
+    check_range(ap, a, "lr_final", 0, 1)
     check_range(ap, a, "ema_decay", 0, 1, high_open=True)
     check_range(ap, a, "class_dropout", 0, 1, high_open=True)
     check_range(ap, a, "seed", 0)
@@ -220,6 +228,7 @@ def train(args, run_dir, log=print):
                 x, y = next(loader)
                 if latents is not None:
                     x = latents.sample(loader.last_index, loader.last_flip, rng)
+                opt.lr = lr_at(step + 1, args.lr, args.steps, args.warmup, args.lr_schedule, args.lr_final)
                 stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
                 step += 1
                 if not stats["finite"]:
@@ -230,6 +239,7 @@ def train(args, run_dir, log=print):
                     synchronize()
                     now = time.perf_counter()
                     rec = {"step": step, **{k: float(np.mean([s[k] for s in acc])) for k in acc[0] if k != "finite"},
+                           "lr": opt.lr,
                            "steps_per_sec": len(acc) / (now - t_last),
                            "images_per_sec": len(acc) * args.batch_size / (now - t_last)}
                     run_dir.log(rec)

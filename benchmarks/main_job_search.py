@@ -1,0 +1,170 @@
+"""The main job's recipe search (issue 17): each recipe trained for the same wall-clock budget.
+
+Two phases, because training results depend only on the number of steps, while the seconds a
+step takes depend on whether the machine is idle:
+
+    python benchmarks/main_job_search.py calibrate        # on an IDLE machine: seconds per recipe
+    python benchmarks/main_job_search.py run [NAME ...]   # may share the machine: steps from calibration
+    python benchmarks/main_job_search.py table            # results/main-job/SUMMARY.md
+
+`calibrate` runs every recipe's whole command (start-up, encoding, training, final grid) for two
+short step counts, interleaved, and fits wall = a + b * steps, so that `run` trains each recipe
+for the steps that fit the budget (default 570 s, the README's "about 10 minutes"). Each run is
+then sampled as the README evaluates the shipped model (300 guided samples, 30 per class, DDPM 50,
+guidance 4, seed 1) and scored by the evaluation classifier: class accuracy and Frechet distance.
+One JSON per recipe in results/main-job/, with the command, the machine's matmul rate and the
+code revision.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "main-job"
+RUNS = Path(os.environ.get("MINIDIT_SEARCH_RUNS", "/tmp/minidit-search"))
+BASE = ["--batch-size", "32", "--ema-decay", "0.997"]
+COSINE = ["--lr-schedule", "cosine", "--warmup", "100"]
+LATENT = ["--vae", "data/vae_shapes32.npz", "--model", "minidit-Tiny/2", "--patch-size", "1"]
+RECIPES = {
+    # the README's command before this search
+    "baseline": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE],
+    # a warm-up and a cosine decay to 0 at the last step
+    "cosine": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE, *COSINE],
+    "cosine-lr4e-3": ["--model", "minidit-Tiny/4", "--lr", "4e-3", *BASE, *COSINE],
+    # five times as many training images (the data is procedural, so they are free)
+    "cosine-50k": ["--model", "minidit-Tiny/4", "--lr", "2e-3", "--num-images", "50000", *BASE, *COSINE],
+    # smaller patches at fewer channels: 256 tokens of width 64
+    "p2-w64": ["--model", "minidit-Tiny/2", "--hidden-size", "64", "--num-heads", "4", "--lr", "2e-3",
+               *BASE, *COSINE],
+    # deeper and narrower at patch 4
+    "p4-d8-w96": ["--model", "minidit-Tiny/4", "--depth", "8", "--hidden-size", "96", "--num-heads", "4",
+                  "--lr", "2e-3", *BASE, *COSINE],
+    # the best latent model of issue 6, with the decay
+    "latent-p1-cosine": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+}
+EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
+
+
+def matmul_rate(n=2048, repeats=5):
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def revision():
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "minidit"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return rev + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train_command(name, steps, out):
+    return [sys.executable, "-m", "minidit.train", *RECIPES[name], "--steps", str(steps), "--out", str(out),
+            "--overwrite", "--no-progress", "--log-every", "50", "--ckpt-every", str(max(steps, 1))]
+
+
+def timed(cmd):
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def calibrate(names, short=30, long=150):
+    walls = {n: {short: [], long: []} for n in names}
+    for steps in (short, long):
+        for n in names:  # interleaved, so a change in the machine's speed hits every recipe alike
+            walls[n][steps].append(timed(train_command(n, steps, RUNS / f"calib-{n.replace('/', '_')}")))
+    fit = {}
+    for n in names:
+        a_s, b_s = min(walls[n][short]), min(walls[n][long])
+        per_step = (b_s - a_s) / (long - short)
+        fit[n] = {"fixed_s": a_s - short * per_step, "per_step_s": per_step}
+    rec = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "matmul_gflops": matmul_rate(), "revision": revision(), "fit": fit,
+           "date": time.strftime("%Y-%m-%d %H:%M")}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "calibration.json").write_text(json.dumps(rec, indent=1))
+    for n, f in fit.items():
+        print(f"{n:18s} {f['fixed_s']:6.1f} s + {f['per_step_s'] * 1000:6.1f} ms/step")
+
+
+def run(names, budget):
+    cal = json.loads((OUT / "calibration.json").read_text())
+    for n in names:
+        f = cal["fit"][n]
+        steps = int((budget - f["fixed_s"]) / f["per_step_s"]) // 50 * 50
+        out = RUNS / n
+        cmd = train_command(n, steps, out)
+        wall = timed(cmd)
+        npz = out / "eval.npz"
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "minidit.sample", "--ckpt", str(out), *EVAL, "--npz", str(npz),
+                        "--out", str(out / "eval.png"), "--no-progress"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        sample_s = time.perf_counter() - t
+        report = json.loads(subprocess.run([sys.executable, "-m", "minidit.evaluate", "samples", "--samples",
+                                            str(npz), "--json"], cwd=ROOT, check=True, capture_output=True,
+                                           text=True).stdout.split("\n", 1)[1])
+        rec = {"recipe": n, "train_args": RECIPES[n], "steps": steps, "budget_s": budget,
+               "predicted_wall_s": f["fixed_s"] + steps * f["per_step_s"],
+               "measured_wall_s": wall, "machine_shared": bool(os.environ.get("MINIDIT_SEARCH_SHARED")),
+               "calibration": {k: cal[k] for k in ("machine", "cpus", "matmul_gflops", "revision", "date")},
+               "command": "python -m minidit.train " + " ".join(RECIPES[n]) + f" --steps {steps}",
+               "eval": "python -m minidit.sample " + " ".join(EVAL) + " then python -m minidit.evaluate samples",
+               "sample_s": sample_s, "revision": revision(), **report}
+        (OUT / f"{n}.json").write_text(json.dumps(rec, indent=1))
+        print(f"{n}: {steps} steps, class accuracy {rec['class_accuracy']:.3f} (n={rec['n_samples']}), "
+              f"FD {rec['FD_minidit_classifier']:.2f}", flush=True)
+
+
+def table():
+    rows = []
+    for p in sorted(OUT.glob("*.json")):
+        r = json.loads(p.read_text())
+        if "recipe" not in r:
+            continue
+        rows.append(f"| {r['recipe']} | `{' '.join(r['train_args'])}` | {r['steps']} | "
+                    f"{r['predicted_wall_s'] / 60:.1f} | {100 * r['class_accuracy']:.1f} | "
+                    f"{r['FD_minidit_classifier']:.1f} | {r['n_samples']} | 1 |")
+    cal = json.loads((OUT / "calibration.json").read_text())
+    head = "# Main-job recipe search\n\n"
+    head += (f"Machine: {cal['machine']}, {cal['cpus']} CPUs, float32 matmul {cal['matmul_gflops']:.0f} GFLOP/s "
+             f"(calibrated {cal['date']}, revision {cal['revision']}). Minutes: the whole training command "
+             f"on the idle machine, from calibration. Samples: 30 per class, DDPM 50, guidance 4, sample "
+             f"seed 1; training seed 0.\n\n| recipe | train arguments | steps | minutes | class acc. % | FD | n | seeds |\n"
+             "|---|---|---|---|---|---|---|---|\n")
+    (OUT / "SUMMARY.md").write_text(head + "\n".join(rows) + "\n")
+    print(head + "\n".join(rows))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("phase", choices=("calibrate", "run", "table"))
+    ap.add_argument("names", nargs="*")
+    ap.add_argument("--budget", type=float, default=570.0, help="seconds per whole training command")
+    a = ap.parse_args()
+    names = a.names or list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    {"calibrate": lambda: calibrate(names), "run": lambda: run(names, a.budget), "table": table}[a.phase]()
+
+
+if __name__ == "__main__":
+    main()
