@@ -42,11 +42,15 @@ def from_official(state_dict, cfg, dtype=np.float32, check_pos_embed=True):
     """Official state_dict (NumPy arrays) -> minidit params for `cfg`.
 
     Raises ValueError naming the key for a missing or unexpected key or a shape that does not
-    fit the config. The stored pos_embed is compared with the table rebuilt from the config.
+    fit the config. The stored pos_embed is compared with the table rebuilt from the config;
+    with check_pos_embed=False it is neither needed nor read (diffusers files do not store it).
     """
     shapes = param_shapes(cfg)
     D, C, p = cfg.hidden_size, cfg.in_channels, cfg.patch_size
     expected = {_official_key(k) for k in shapes} | {"pos_embed"}
+    if not check_pos_embed:  # the fixed table is rebuilt from the config: a file may omit it
+        expected.discard("pos_embed")
+        state_dict = {k: v for k, v in state_dict.items() if k not in ("pos_embed", "module.pos_embed")}
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:

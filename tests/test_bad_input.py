@@ -15,7 +15,7 @@ from minidit.training.checkpoint import load_checkpoint, save_checkpoint, shippe
 COMMANDS = {"train": "minidit.training.train", "train_vae": "minidit.latent.train_vae",
             "sample": "minidit.training.sample", "evaluate": "minidit.evaluation.evaluate",
             "experiments": "minidit.evaluation.experiments", "exercises": "minidit.course.exercises",
-            "flops": "minidit.flops"}
+            "flops": "minidit.flops", "pretrained": "minidit.pretrained.sample"}
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
         "--image-size", "8", "--num-images", "32", "--batch-size", "8", "--steps", "2",
         "--sample-steps", "2", "--no-progress"]
@@ -52,6 +52,14 @@ def workspace(tmp_path_factory):
     groups["ema"] = {k: np.full_like(v, np.nan) for k, v in groups["ema"].items()}
     save_checkpoint(ws / "nan_weights.npz", {k: v for k, v in meta.items() if k not in ("format", "version")},
                     **groups)
+    import pickle
+    import zipfile
+
+    class Evil:
+        def __reduce__(self):
+            return (shutil.rmtree, (str(ws / "mine"),))
+    with zipfile.ZipFile(ws / "evil.pt", "w") as z:  # a "weight file" whose pickle runs code
+        z.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
     nan_run = ws / "nan_run" / "checkpoints"
     nan_run.mkdir(parents=True)
     shutil.copy(ws / "nan_weights.npz", nan_run / "step_0000002.npz")
@@ -201,6 +209,19 @@ CASES = [
     ("flops", ["--block", "adaLN"], "describe the model"),
     ("flops", ["--model", "DiT-S/2", "--input-size", "3"], "not divisible"),
     ("flops", ["--bogus"], "unrecognized arguments"),
+    ("pretrained", ["--dit", "absent.pt", "--vae", "absent"], "no such file"),
+    ("pretrained", ["--dit", "junk.npz", "--vae", "junk.npz"], "not a PyTorch zip checkpoint"),
+    ("pretrained", ["--dit", "trunc.npz", "--vae", "junk.npz"], "truncated"),
+    ("pretrained", ["--dit", "run/checkpoints", "--vae", "junk.npz"], "no weight file"),
+    ("pretrained", ["--dit", "mine", "--vae", "junk.npz"], "no weight file"),
+    ("pretrained", ["--dit", "evil.pt", "--vae", "junk.npz"], "refusing"),
+    ("pretrained", ["--dit", "absent.pt"], "no such file"),
+    ("pretrained", ["--dit", "x.pt", "--cfg-scale", "0.5"], "--cfg-scale"),
+    ("pretrained", ["--dit", "x.pt", "--steps", "0"], "--steps"),
+    ("pretrained", ["--dit", "x.pt", "--out", "grid.txt"], "--out"),
+    ("pretrained", ["--dit", "x.pt", "--npz", "afile/s.npz"], "--npz"),
+    ("pretrained", ["--dit", "x.pt", "--image-size", "128"], "invalid choice"),
+    ("pretrained", ["--vae", "x"], "--dit"),
 ]
 
 

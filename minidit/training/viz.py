@@ -26,13 +26,14 @@ def to_uint8(x):
     return np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def save_grid(images, labels, class_names, path, ncol=None, title=None):
-    """Write a PNG grid of uint8 images (N, H, W, C), one row per class present, labelled."""
+def save_grid(images, labels, class_names, path, ncol=None, title=None, cell=1.1):
+    """Write a PNG grid of uint8 images (N, H, W, C), one row per class present, labelled.
+    cell: the side of one image in inches at 100 dpi (1.1: 110 pixels; 2.56 shows 256 px 1:1)."""
     images, labels = np.asarray(images), np.asarray(labels)
     classes = list(dict.fromkeys(labels.tolist()))  # in order of first appearance
     per_class = [np.flatnonzero(labels == c) for c in classes]
     ncol = ncol or max(len(p) for p in per_class)
-    fig = figure(figsize=(1.1 * ncol + 1.6, 1.1 * len(classes) + 0.4))
+    fig = figure(figsize=(cell * ncol + 1.6, cell * len(classes) + 0.4))
     axes = fig.subplots(len(classes), ncol, squeeze=False)
     for r, (c, idx) in enumerate(zip(classes, per_class)):
         for j in range(ncol):
@@ -50,6 +51,27 @@ def save_grid(images, labels, class_names, path, ncol=None, title=None):
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_write(path) as tmp:  # a grid is written whole or not at all
+        fig.savefig(tmp, dpi=100)
+    return path
+
+
+def save_titled_grid(images, titles, path, ncol=4, title=None, cell=2.56):
+    """Write uint8 images (N, H, W, C) as a PNG grid of `ncol` columns, each image under its own
+    title (for a few large pictures of different classes, such as the released model's)."""
+    images = np.asarray(images)
+    ncol = max(1, min(ncol, len(images)))
+    nrow = -(-len(images) // ncol)
+    fig = figure(figsize=(cell * ncol, (cell + 0.3) * nrow + (0.4 if title else 0)))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=100)
     return path
 
