@@ -8,7 +8,8 @@ step takes depend on whether the machine is idle:
     python benchmarks/main_job_search.py table            # results/main-job/SUMMARY.md
 
 `calibrate` runs every recipe's whole command (start-up, encoding, training, final grid) for two
-short step counts, interleaved, and fits wall = a + b * steps, so that `run` trains each recipe
+short step counts, interleaved; the time per step is the steady rate of the longer run's log and
+the fixed cost the rest of its wall time, so that `run` trains each recipe
 for the steps that fit the budget (default 570 s, the README's "about 10 minutes"). Each run is
 then sampled as the README evaluates the shipped model (300 guided samples, 30 per class, DDPM 50,
 guidance 4, seed 1) and scored by the evaluation classifier: class accuracy and Frechet distance.
@@ -92,9 +93,13 @@ def calibrate(names, short=30, long=150):
             walls[n][steps].append(timed(train_command(n, steps, RUNS / f"calib-{n.replace('/', '_')}")))
     fit = {}
     for n in names:
-        a_s, b_s = min(walls[n][short]), min(walls[n][long])
-        per_step = (b_s - a_s) / (long - short)
-        fit[n] = {"fixed_s": a_s - short * per_step, "per_step_s": per_step}
+        # the steady time per step from the long run's log (its first record also holds the start-up
+        # and, for a latent model, the encoding, which vary too much to difference two whole walls)
+        log = RUNS / f"calib-{n.replace('/', '_')}" / "log.jsonl"
+        recs = [json.loads(line) for line in log.read_text().splitlines()][1:]
+        per_step = sum(1 / r["steps_per_sec"] for r in recs) / len(recs)
+        wall = min(walls[n][long])
+        fit[n] = {"fixed_s": wall - long * per_step, "per_step_s": per_step, "wall_150_steps_s": wall}
     rec = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
            "matmul_gflops": matmul_rate(), "revision": revision(), "fit": fit,
            "date": time.strftime("%Y-%m-%d %H:%M")}
