@@ -5,6 +5,7 @@ step takes depend on whether the machine is idle:
 
     python benchmarks/main_job_search.py calibrate        # on an IDLE machine: seconds per recipe
     python benchmarks/main_job_search.py run [NAME ...]   # may share the machine: steps from calibration
+    python benchmarks/main_job_search.py sweep NAME       # guidance x sampling steps on one trained run
     python benchmarks/main_job_search.py table            # results/main-job/SUMMARY.md
 
 `calibrate` runs every recipe's whole command (start-up, encoding, training, final grid) for two
@@ -138,11 +139,33 @@ def run(names, budget):
               f"FD {rec['FD_minidit_classifier']:.2f}", flush=True)
 
 
+def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100)):
+    """The sampling half of the recipe, on one trained run: guidance scale x DDPM steps, 300 samples each."""
+    out = RUNS / name
+    res = []
+    for s in steps:
+        for g in scales:
+            npz = out / f"sweep_cfg{g:g}_steps{s}.npz"
+            ev = ["--per-class", "30", "--seed", "1", "--steps", str(s), "--cfg-scale", str(g)]
+            subprocess.run([sys.executable, "-m", "minidit.sample", "--ckpt", str(out), *ev, "--npz", str(npz),
+                            "--out", str(npz.with_suffix(".png")), "--no-progress"], cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL)
+            r = json.loads(subprocess.run([sys.executable, "-m", "minidit.evaluate", "samples", "--samples", str(npz),
+                                           "--json"], cwd=ROOT, check=True, capture_output=True,
+                                          text=True).stdout.split("\n", 1)[1])
+            res.append({"cfg_scale": g, "ddpm_steps": s, "class_accuracy": r["class_accuracy"],
+                        "FD_minidit_classifier": r["FD_minidit_classifier"], "n_samples": r["n_samples"]})
+            print(f"{name}: guidance {g:g}, DDPM {s}: class accuracy {r['class_accuracy']:.3f}, "
+                  f"FD {r['FD_minidit_classifier']:.2f}", flush=True)
+    (OUT / f"{name}.sampling-sweep.json").write_text(json.dumps({"recipe": name, "sample_seed": 1, "runs": res},
+                                                                indent=1))
+
+
 def table():
     rows = []
     for p in sorted(OUT.glob("*.json")):
         r = json.loads(p.read_text())
-        if "recipe" not in r:
+        if "recipe" not in r or "runs" in r:  # calibration and sampling sweeps
             continue
         rows.append(f"| {r['recipe']} | `{' '.join(r['train_args'])}` | {r['steps']} | "
                     f"{r['predicted_wall_s'] / 60:.1f} | {100 * r['class_accuracy']:.1f} | "
@@ -160,7 +183,7 @@ def table():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("phase", choices=("calibrate", "run", "table"))
+    ap.add_argument("phase", choices=("calibrate", "run", "sweep", "table"))
     ap.add_argument("names", nargs="*")
     ap.add_argument("--budget", type=float, default=570.0, help="seconds per whole training command")
     a = ap.parse_args()
@@ -168,7 +191,8 @@ def main():
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
-    {"calibrate": lambda: calibrate(names), "run": lambda: run(names, a.budget), "table": table}[a.phase]()
+    {"calibrate": lambda: calibrate(names), "run": lambda: run(names, a.budget),
+     "sweep": lambda: [sweep(n) for n in names], "table": table}[a.phase]()
 
 
 if __name__ == "__main__":

@@ -88,3 +88,11 @@ def test_installed_exercise_tooling(installed):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not a source checkout" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (cwd / "student").exists()
+
+
+@pytest.mark.slow
+def test_installed_package_has_the_imagenet_class_table(installed):
+    python, cwd = installed
+    out = _run([str(python), "-c", "from minidit.pretrained.sample import imagenet_class_names as n; "
+                                   "names = n(); print(len(names), names[207])"], cwd=cwd)
+    assert out.strip() == "1000 golden retriever"
