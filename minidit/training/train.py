@@ -18,27 +18,36 @@ from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, di
 from .checkpoint import load_checkpoint
 from .data import DataLoader, load_dataset
 from .optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
-from .parallel import DataParallel, GradientSum, resolve_workers
+from .distributed import ProcessGradientSum, make_world, run_ranks
+from .parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
 from .rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
 from .sample import generate
 from .viz import save_grid, to_uint8
 
 
-def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=None):
+def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=None, world=None):
     """One step of DiT's train.py: t ~ U{0..T-1}, noise, label dropout, forward, hybrid loss,
     backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
     The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run.
 
     parallel: a minidit.training.parallel.DataParallel (entered) to split the batch over worker
     threads, as DDP splits it over GPUs; each shard's loss is weighted 1/N, so the summed
-    gradients are those of the whole batch's mean loss. None runs the batch in one piece."""
+    gradients are those of the whole batch's mean loss. None runs the batch in one piece.
+    world: a minidit.training.distributed world of K ranks (None or SingleProcess: this process
+    alone). Every rank draws the whole batch's randomness and computes its own shards of it."""
     N = x.shape[0]
     t = rng.integers(0, diffusion.num_timesteps, (N,), device=device_of(x))
     noise = rng.normal(x.shape, dtype=x.dtype, device=device_of(x))
     y = apply_label_dropout(y, cfg, rng)
     dloss = get_array_module(x).full((N,), 1.0 / N, dtype=x.dtype)  # d(batch mean) / d(loss_n)
     parallel = parallel or _ONE_PIECE
-    total = GradientSum()  # the all-reduce, done while the backward runs
+    local = parallel.shards(N)
+    if world is not None and world.size > 1:  # this rank's W shards of the K x W the batch is cut into
+        W = len(local)
+        local = shards(N, world.size * W)[world.rank * W:(world.rank + 1) * W]
+        total = ProcessGradientSum(world, W)  # gathered from every rank while the backward runs
+    else:
+        total = GradientSum()  # the all-reduce, done while the backward runs
 
     def forward_backward(piece):
         shard, s = piece  # the shard's number (its place in the sum) and its slice of the batch
@@ -53,15 +62,18 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
             total.fail()  # so that no other worker waits for this one's gradients forever
             raise
 
-    shards = parallel.each(forward_backward, list(enumerate(parallel.shards(N))))
+    pieces = parallel.each(forward_backward, list(enumerate(local)))
     grads = total.total
     # the gradient norm and the logged losses, moved to the host in one copy: one sync per step
     # on a GPU. Summed on the host in the same order as one array at a time would (same bits).
-    keys = [k for k in ("loss", "mse", "vb") if k in shards[0]]
-    sums = to_numpy(get_array_module(x).stack([(g * g).sum() for g in grads.values()]
-                                              + [p[k].sum() for k in keys for p in shards]))
+    xp = get_array_module(x)
+    keys = [k for k in ("loss", "mse", "vb") if k in pieces[0]]
+    losses = xp.stack([p[k].sum() for k in keys for p in pieces])  # (keys x this rank's shards)
+    if world is not None and world.size > 1:  # every rank's, in global shard order
+        losses = world.allgather(losses).reshape(world.size, len(keys), -1).transpose(1, 0, 2).reshape(-1)
+    sums = to_numpy(xp.concatenate([xp.stack([(g * g).sum() for g in grads.values()]), losses]))
     gnorm = math.sqrt(sum(float(v) for v in sums[:len(grads)]))
-    per_key = sums[len(grads):].reshape(len(keys), len(shards))
+    per_key = sums[len(grads):].reshape(len(keys), -1)
     stats = {k: float(sum(float(v) for v in per_key[i]) / N) for i, k in enumerate(keys)}
     if not all(math.isfinite(v) for v in stats.values()) or not math.isfinite(gnorm):
         return dict(stats, grad_norm=gnorm, finite=False)
@@ -150,6 +162,9 @@ def run(args, log=print):
     Everything the arguments name (data, VAE, the checkpoint to resume) is read and checked
     before the run directory is touched. Raises TrainingDiverged when the loss or the weights
     stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
+    world = make_world("gpu" if args.device == "gpu" else "cpu")
+    if world.size > 1:
+        return run_ranks(args, world, train, log)
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
     try:
         return train(args, run_dir, log)
@@ -157,9 +172,10 @@ def run(args, log=print):
         run_dir.close()
 
 
-def train(args, run_dir, log=print):
-    """The training itself, in a checked run directory (see run)."""
+def train(args, run_dir, log=print, world=None):
+    """The training itself, in a checked run directory (see run); world: the MPI ranks (run_ranks)."""
     device = set_device(args.device)
+    world = world or make_world(device)
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
     cfg = config_for(args, data, encoder)
@@ -171,6 +187,8 @@ def train(args, run_dir, log=print):
     loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
     step = 0
     workers = resolve_workers(args.workers, args.batch_size, device)
+    if world.size > 1 and args.workers == 0:  # the machine's CPUs shared by the ranks placed on it
+        workers = resolve_workers(max(1, available_cpus() // world.local_size), args.batch_size, device)
     if args.resume:
         meta, groups = load_checkpoint(run_dir.resume_from)
         if meta.get("kind", "dit") != "dit":
@@ -182,6 +200,11 @@ def train(args, run_dir, log=print):
         elif saved != workers:
             log(f"note: the run used {saved} workers and now {workers}; it will not match an "
                 f"uninterrupted run to the bit (sums round differently)")
+        ranks = meta.get("ranks", 1)
+        if ranks != world.size:
+            log(f"note: the run used {ranks} rank{'s' if ranks > 1 else ''} (mpirun -n {ranks}) and now "
+                f"{world.size}; it continues, but the gradients are cut into other shards and summed in "
+                f"another order, so it will not match an uninterrupted run to the bit")
         if DiTConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
                              f"arguments' {cfg.to_dict()}")
@@ -194,9 +217,12 @@ def train(args, run_dir, log=print):
     run_dir.start(step)
 
     def save(step):
+        if world.rank > 0:  # rank 0 writes for every rank: they all hold the same numbers
+            return None
         state, groups = training_state(opt, rng, loader)
         meta = dict(kind="dit", config=cfg.to_dict(), model_name=args.model, class_names=data.class_names,
                     dataset=str(args.data), image_size=args.image_size, args=vars(args), workers=workers,
+                    ranks=world.size,
                     vae=args.vae, latent_scale=getattr(encoder, "scale", None), **state)
         return run_dir.save(step, meta, model=params, ema=ema, **groups)
 
@@ -213,9 +239,11 @@ def train(args, run_dir, log=print):
     n_params = count_params(cfg)["trainable"]
     log(f"{args.model} ({cfg.block}, {n_params:,} trainable params, input {cfg.input_size}x{cfg.input_size}"
         f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}"
-        f"{f' with {workers} data-parallel workers' if workers > 1 else ''}, {len(data)} training images")
+        f"{f' with {workers} data-parallel workers' if workers > 1 else ''}"
+        f"{f' on each of {world.size} {world.name} ranks' if world.size > 1 else ''}, {len(data)} training images")
     from tqdm.auto import tqdm
-    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or world.rank > 0, desc="train",
+               dynamic_ncols=True)
     acc, t_last, start_step = [], time.perf_counter(), step
     try:
         with DataParallel(workers) as parallel:
@@ -229,7 +257,7 @@ def train(args, run_dir, log=print):
                 if latents is not None:
                     x = latents.sample(loader.last_index, loader.last_flip, rng)
                 opt.lr = lr_at(step + 1, args.lr, args.steps, args.warmup, args.lr_schedule, args.lr_final)
-                stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel)
+                stats = train_step(params, ema, opt, cfg, diffusion, x, y, rng, args.ema_decay, parallel, world)
                 step += 1
                 if not stats["finite"]:
                     raise run_dir.diverged(step, stats)
@@ -248,7 +276,7 @@ def train(args, run_dir, log=print):
                 if step % args.ckpt_every == 0 or step == args.steps:
                     save(step)
                     run_dir.plot_loss(title=f"{args.model} on {args.data}")
-                if (args.sample_every and step % args.sample_every == 0) or step == args.steps:
+                if world.rank == 0 and ((args.sample_every and step % args.sample_every == 0) or step == args.steps):
                     try:
                         sample_grid(step)
                     except OSError as e:
