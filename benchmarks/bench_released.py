@@ -43,16 +43,15 @@ def dit_step(size, device, reps):
     from minidit.backend import Generator, set_device, synchronize
     from minidit.diffusion import create_diffusion
     from minidit.guidance import make_model_fn
-    from minidit.model import get_config, init_params
+    from minidit.backend import to_device
+    from minidit.model import get_config, param_shapes
     device = set_device(device)
     cfg = get_config("DiT-XL/2", input_size=size // 8)
-    params = init_params(cfg, seed=0, device=device)
+    # float32 weights of the real shapes, drawn directly in float32 (as a loaded file would be:
+    # init_params draws in float64 first, whose transient would inflate the peak memory)
     rng = np.random.default_rng(1)
-    for k in ("final_layer.linear.w", "final_layer.linear.b"):  # zero at init: give the output values
-        params[k][...] = rng.standard_normal(params[k].shape).astype(np.float32) * 0.02
-    for k in params:
-        if "adaLN_modulation" in k:
-            params[k][...] = rng.standard_normal(params[k].shape).astype(np.float32) * 0.02
+    params = {k: to_device(rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02), device)
+              for k, shape in param_shapes(cfg).items()}
     diffusion = create_diffusion("ddim50", learn_sigma=True)
     model_fn = make_model_fn(params, cfg, np.array([207]), 4.0, "official")
     x = Generator(0, device=device).normal((1, 4, size // 8, size // 8), dtype=np.float32)
@@ -80,7 +79,7 @@ def vae_decode(size, device, reps):
             P[name] = np.zeros(shape, np.float32)
         elif len(shape) == 1:  # a GroupNorm's scale
             P[name] = np.ones(shape, np.float32)
-        else:  # He-style scale keeps the activations finite through 30 convolutions
+        else:  # LeCun-style scale (variance 1 / fan-in) keeps the activations finite through 30 convolutions
             fan_in = int(np.prod(shape[1:]))
             P[name] = (rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)).astype(np.float32)
     vae = SDVAE(P, cfg, device)

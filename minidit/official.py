@@ -73,7 +73,7 @@ def from_official(state_dict, cfg, dtype=np.float32, check_pos_embed=True):
             v = v.reshape(D, C * p * p).T
         elif len(shape) == 2 and k != _EMBED:
             v = v.T
-        params[k] = np.ascontiguousarray(v, dtype=dtype)
+        params[k] = np.array(v, dtype=dtype, order="C")  # always a copy: writable, and no view of a mapped file
     if check_pos_embed:
         pe = np.asarray(to_numpy(sd["pos_embed"]), dtype=np.float64).reshape(-1, D)
         ref = np.asarray(pos_embed(cfg, np, np.float32), dtype=np.float64)

@@ -219,6 +219,7 @@ def test_official_pt_round_trip_exact(saved):
     a, cfg_a, _ = load_released_dit(saved / "safetensors")
     b, cfg_b, source = load_released_dit(saved / "DiT-tiny.pt", num_heads=2)  # not visible in the weights
     assert source.startswith("official") and cfg_a == cfg_b
+    assert all(v.flags.writeable and v.flags.c_contiguous for v in b.values())  # copies, not views of the file
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
 
