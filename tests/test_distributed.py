@@ -152,3 +152,10 @@ def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
     assert f"PID {pids[1]}" in report or "rank 1" in report.lower(), report[-2000:]
     meta, _ = _weights(run)  # the newest checkpoint still loads
     assert meta["step"] % 5 == 0
+
+
+def test_a_batch_too_small_for_the_ranks_is_named(tmp_path):
+    r = _train(["--steps", "2", "--batch-size", "1", "--out", str(tmp_path / "run")], ranks=2, check=False)
+    assert r.returncode != 0
+    assert "--batch-size 1 cannot be shared by 2 MPI ranks" in r.stderr, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr

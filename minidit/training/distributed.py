@@ -259,7 +259,7 @@ def run_ranks(args, world, train, log=print):
     # BLAS gets this rank's share of the machine's CPUs, or K ranks' BLAS threads fight over them
     threadpool_limits(max(1, available_cpus() // world.local_size), user_api="blas")
     ids = world.identities()
-    log("MPI ranks: " + ", ".join(f"{r} = pid {pid} on {host}" for r, (pid, host) in enumerate(ids))
+    (log if world.rank == 0 else (lambda *a, **k: None))("MPI ranks: " + ", ".join(f"{r} = pid {pid} on {host}" for r, (pid, host) in enumerate(ids))
         + " (mpirun names a killed rank by its pid)")
     if world.rank == 0:
         try:

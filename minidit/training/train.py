@@ -162,7 +162,7 @@ def run(args, log=print):
     Everything the arguments name (data, VAE, the checkpoint to resume) is read and checked
     before the run directory is touched. Raises TrainingDiverged when the loss or the weights
     stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
-    world = make_world("gpu" if args.device == "gpu" else "cpu")
+    world = make_world(set_device(args.device))  # --device auto / MINIDIT_DEVICE resolved first
     if world.size > 1:
         return run_ranks(args, world, train, log)
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
@@ -187,8 +187,13 @@ def train(args, run_dir, log=print, world=None):
     loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
     step = 0
     workers = resolve_workers(args.workers, args.batch_size, device)
-    if world.size > 1 and args.workers == 0:  # the machine's CPUs shared by the ranks placed on it
-        workers = resolve_workers(max(1, available_cpus() // world.local_size), args.batch_size, device)
+    if world.size > 1:
+        if args.batch_size < world.size:
+            raise ValueError(f"--batch-size {args.batch_size} cannot be shared by {world.size} MPI ranks: "
+                             f"each rank needs at least one image of every batch")
+        if args.workers == 0:  # the machine's CPUs shared by the ranks placed on it
+            workers = resolve_workers(max(1, available_cpus() // world.local_size), args.batch_size, device)
+        workers = min(workers, args.batch_size // world.size)  # every thread of every rank gets an image
     if args.resume:
         meta, groups = load_checkpoint(run_dir.resume_from)
         if meta.get("kind", "dit") != "dit":
