@@ -51,6 +51,12 @@ RECIPES = {
                   "--lr", "2e-3", *BASE, *COSINE],
     # the best latent model of issue 6, with the decay
     "latent-p1-cosine": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+    # deeper and narrower on the same latents
+    "latent-p1-d8-w96": [*LATENT, "--depth", "8", "--hidden-size", "96", "--num-heads", "4", "--lr", "2e-3",
+                         "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+    # a sharper autoencoder: f = 2 (16x16x4 latents), patch 2, the same 64 tokens
+    "latent-f2-p2": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", "--lr", "2e-3",
+                     "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
@@ -147,9 +153,10 @@ def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100)):
         for g in scales:
             npz = out / f"sweep_cfg{g:g}_steps{s}.npz"
             ev = ["--per-class", "30", "--seed", "1", "--steps", str(s), "--cfg-scale", str(g)]
-            subprocess.run([sys.executable, "-m", "minidit.sample", "--ckpt", str(out), *ev, "--npz", str(npz),
-                            "--out", str(npz.with_suffix(".png")), "--no-progress"], cwd=ROOT, check=True,
-                           stdout=subprocess.DEVNULL)
+            if not npz.exists():  # a sweep that was cut short continues where it stopped
+                subprocess.run([sys.executable, "-m", "minidit.sample", "--ckpt", str(out), *ev, "--npz", str(npz),
+                                "--out", str(npz.with_suffix(".png")), "--no-progress"], cwd=ROOT, check=True,
+                               stdout=subprocess.DEVNULL)
             r = json.loads(subprocess.run([sys.executable, "-m", "minidit.evaluate", "samples", "--samples", str(npz),
                                            "--json"], cwd=ROOT, check=True, capture_output=True,
                                           text=True).stdout.split("\n", 1)[1])

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import set_device, synchronize
-from ..cli import CommandFailed, CommandParser, atomic_write, check_output_file, check_positive, check_range, run_command
+from ..cli import CommandFailed, CommandParser, check_output_file, check_positive, check_range, run_command
 from ..latent.sd_vae import load_sd_vae
-from ..training.sample import IMAGE_SUFFIXES, generate
+from ..training.sample import IMAGE_SUFFIXES, generate, save_adm_npz
 from ..training.viz import save_titled_grid, to_uint8
 from .dit import load_released_dit
 
@@ -131,10 +131,7 @@ def run(args):
                          ncol=4, title=title, cell=min(2.56, size / 100))
         print(f"wrote {args.out} ({len(labels)} images in {seconds:.1f} s, {seconds / len(labels):.1f} s each)")
         if args.npz:
-            with atomic_write(args.npz) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, arr_0=images, arr_1=labels)
-            print(f"wrote {args.npz} (arr_0 {images.shape} uint8, arr_1 labels)")
+            save_adm_npz(args.npz, images, labels)
     except OSError as e:
         raise CommandFailed(f"could not write {e.filename or args.out}: {e.strerror or e}") from e
 

@@ -101,6 +101,15 @@ def parse_classes(text, num_classes):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
+def save_adm_npz(path, images, labels):
+    """uint8 images (N, H, W, C) and their labels as the ADM evaluation suite reads them (arr_0,
+    arr_1), written whole or not at all."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, arr_0=images, arr_1=np.asarray(labels))
+    print(f"wrote {path} (arr_0 {images.shape} uint8, arr_1 labels)")
+
+
 def _validate(ap, args):
     check_positive(ap, args, ("per_class", "steps"))
     check_range(ap, args, "cfg_scale", 1)
@@ -136,10 +145,7 @@ def run(args):
         save_grid(images, labels, meta.get("class_names"), args.out, ncol=args.per_class, title=title)
         print(f"wrote {args.out} ({len(labels)} samples)")
         if args.npz:
-            with atomic_write(args.npz) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, arr_0=images, arr_1=labels)
-            print(f"wrote {args.npz} (arr_0 {images.shape} uint8, arr_1 labels)")
+            save_adm_npz(args.npz, images, labels)
     except OSError as e:
         raise CommandFailed(f"could not write {e.filename or args.out}: {e.strerror or e}") from e
 
