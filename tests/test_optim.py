@@ -194,3 +194,15 @@ def test_adamw_and_ema_in_cache_blocks_equal_one_piece():
     np.testing.assert_array_equal(opt_c.v["w"], opt_f.v["w"])
     np.testing.assert_array_equal(ema_c["w"], ema_f["w"])
     assert not np.array_equal(p_c["w"], ema_c["w"])  # the steps did move the weights
+
+
+def test_lr_at_warmup_and_decays():
+    from minidit.training.optim import lr_at
+    assert [lr_at(s, 1.0, 10) for s in (1, 5, 10)] == [1.0, 1.0, 1.0]  # the paper's constant rate
+    assert [lr_at(s, 2.0, 10, warmup=4) for s in (1, 2, 4)] == [0.5, 1.0, 2.0]
+    assert lr_at(4, 2.0, 10, 4, "cosine") == 2.0 and lr_at(10, 2.0, 10, 4, "cosine") == pytest.approx(0.0)
+    assert lr_at(7, 2.0, 10, 4, "cosine") == pytest.approx(1.0)  # half-way down the half cosine
+    assert lr_at(7, 2.0, 10, 4, "linear", final_fraction=0.5) == pytest.approx(1.5)
+    assert lr_at(10, 2.0, 10, 4, "linear", final_fraction=0.5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
+        lr_at(1, 1.0, 10, schedule="step")

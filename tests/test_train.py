@@ -157,3 +157,30 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
     assert not checkpoints_of(tmp_path / "bad")
+
+
+def test_lr_schedule_resumes_bit_for_bit_and_ends_at_the_final_rate(tmp_path, monkeypatch):
+    """With a warm-up and a cosine decay the rate is a function of the step and of --steps, so a
+    run stopped half-way (Ctrl-C) and resumed with the same command equals the straight run."""
+    sched = ["--lr-schedule", "cosine", "--warmup", "2", "--lr-final", "0.1", "--steps", "6", "--ckpt-every", "3"]
+    train.run(_args(tmp_path, *sched, out="straight"), log=lambda *a: None)
+    real, calls = train.train_step, [0]
+
+    def stop_at_4(*a, **k):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_step", stop_at_4)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 3"):
+        train.run(_args(tmp_path, *sched, out="stopped"), log=lambda *a: None)
+    monkeypatch.setattr(train, "train_step", real)
+    train.run(_args(tmp_path, *sched, "--resume", out="stopped"), log=lambda *a: None)
+    _, a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000006.npz")
+    _, b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "step_0000006.npz")
+    for group in ("model", "ema", "opt_m", "opt_v"):
+        for k in a[group]:
+            assert np.array_equal(a[group][k], b[group][k]), (group, k)
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "straight" / "log.jsonl")]
+    assert lrs[:2] == pytest.approx([0.5e-3, 1e-3]) and lrs[-1] == pytest.approx(1e-4)  # warm-up, then down to 0.1 lr
+    assert all(x > y for x, y in zip(lrs[1:], lrs[2:]))
