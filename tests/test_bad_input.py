@@ -74,6 +74,9 @@ def _snapshot(root):
 R, M = "run", "run/checkpoints"  # shorthands for the prepared run
 CASES = [
     # train
+    ("train", TINY + ["--lr-schedule", "step"], "invalid choice"),
+    ("train", TINY + ["--warmup", "-1"], "--warmup"),
+    ("train", TINY + ["--lr-final", "2"], "--lr-final"),
     ("train", TINY + ["--steps", "0"], "--steps must be positive"),
     ("train", TINY + ["--lr", "nan"], "--lr must be positive"),
     ("train", TINY + ["--lr", "inf"], "--lr must be positive"),
