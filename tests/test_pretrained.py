@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from minidit.backend import Generator
-from minidit.latent.sd_vae import SDVAEConfig, load_sd_vae, normalise_names, param_names
+from minidit.latent.sd_vae import SDVAEConfig, normalise_names, param_names
+from minidit.pretrained.vae import load_sd_vae
 from minidit.layers.conv2d import conv2d_forward, conv2d_infer
 from minidit.model import DiTConfig, dit_apply
 from minidit.official import to_official
@@ -275,7 +276,7 @@ def test_loaders_never_import_torch(saved):
     code = f"""
 import sys
 from minidit.pretrained.dit import load_released_dit
-from minidit.latent.sd_vae import load_sd_vae
+from minidit.pretrained.vae import load_sd_vae
 for p in {[str(saved / 'safetensors'), str(saved / 'bin'), str(saved / 'DiT-tiny.pt')]!r}:
     params, cfg, source = load_released_dit(p, num_heads=2)
 for p in {[str(saved / 'safetensors'), str(saved / 'bin'), str(saved / 'old_vae')]!r}:

@@ -240,22 +240,3 @@ def param_shapes(cfg):
 def param_names(cfg):
     """The weight names an AutoencoderKL of this config has (biases included)."""
     return list(param_shapes(cfg))
-
-
-def load_sd_vae(path, device=None):
-    """An SDVAE from a diffusers AutoencoderKL: a folder (with `vae/` or the weights and config.json
-    directly) or a weight file (.safetensors or .bin). Torch is never imported."""
-    from ..pretrained.weights import read_config, read_state_dict, weight_file
-    wf = weight_file(path, "vae")
-    sd = normalise_names(read_state_dict(wf))
-    conf = read_config(wf)
-    cfg = SDVAEConfig.from_json(conf) if conf is not None else config_from_weights(sd)
-    if "decoder.conv_in.weight" not in sd:
-        raise ValueError(f"{wf}: not an AutoencoderKL (no decoder.conv_in.weight; is this the DiT's file?)")
-    extra = sorted(set(sd) - set(param_names(cfg)))
-    if extra:
-        raise ValueError(f"{wf}: weights the config does not expect, e.g. {extra[:3]}")
-    try:
-        return SDVAE(sd, cfg, device)
-    except ValueError as e:
-        raise ValueError(f"{wf}: {e}") from None

@@ -115,15 +115,6 @@ def _entry_offset(mm, info, path):
     return info.header_offset + 30 + name_len + extra_len
 
 
-def is_torch_zip(path):
-    """True if path is a zip archive holding a data.pkl, as torch.save writes."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("data.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 def load_torch_file(path):
     """Everything torch.save put in `path`, with tensors as read-only NumPy arrays.
 
