@@ -38,7 +38,7 @@ def _timed(fn):
     return time.perf_counter() - t
 
 
-def dit_step(size, device, reps):
+def dit_step(size, device, reps, model="DiT-XL/2"):
     import tracemalloc
     from minidit.backend import Generator, set_device, synchronize
     from minidit.diffusion import create_diffusion
@@ -46,7 +46,7 @@ def dit_step(size, device, reps):
     from minidit.backend import to_device
     from minidit.model import get_config, param_shapes
     device = set_device(device)
-    cfg = get_config("DiT-XL/2", input_size=size // 8)
+    cfg = get_config(model, input_size=size // 8)
     # float32 weights of the real shapes, drawn directly in float32 (as a loaded file would be:
     # init_params draws in float64 first, whose transient would inflate the peak memory)
     rng = np.random.default_rng(1)
@@ -97,8 +97,8 @@ def vae_decode(size, device, reps):
             "decoder_params": int(sum(np.prod(P[k].shape) for k in P if k.startswith(("decoder.", "post_quant"))))}
 
 
-def _child(what, size, device, reps):
-    out = {"dit": dit_step, "vae": vae_decode}[what](size, device, reps)
+def _child(what, size, device, reps, model):
+    out = dit_step(size, device, reps, model) if what == "dit" else vae_decode(size, device, reps)
     out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
@@ -108,24 +108,26 @@ def main():
     ap.add_argument("--image-size", type=int, default=256, choices=[256, 512])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--model", default="DiT-XL/2", help="another DiT size, for a quick trial of the script")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return _child(a.child, a.image_size, a.device, a.reps)
+        return _child(a.child, a.image_size, a.device, a.reps, a.model)
     rate = _matmul_rate()
     res = {}
     for what in ("dit", "vae"):
         r = subprocess.run([sys.executable, __file__, "--child", what, "--image-size", str(a.image_size),
-                            "--device", a.device, "--reps", str(a.reps)], capture_output=True, text=True, check=True)
+                            "--device", a.device, "--reps", str(a.reps), "--model", a.model], capture_output=True, text=True, check=True)
         res[what] = json.loads(r.stdout.strip().splitlines()[-1])
     step, dec = res["dit"]["seconds"], res["vae"]["seconds"]
     rec = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "device": a.device,
+           "model": a.model,
            "matmul_gflops": rate, "image_size": a.image_size, "guided_ddim_step_s": step, "decode_s": dec,
            "image_ddim50_s": 50 * step + dec, "image_ddpm250_s": 250 * step + dec, **res,
            "date": time.strftime("%Y-%m-%d %H:%M")}
     print(f"{rec['machine']}, {rec['cpus']} CPUs, float32 matmul {rate:.0f} GFLOP/s, device {a.device}")
-    print(f"DiT-XL/2 {a.image_size} px, one guided DDIM step (batch 1 -> 2): {step:.2f} s "
+    print(f"{a.model} {a.image_size} px, one guided DDIM step (batch 1 -> 2): {step:.2f} s "
           f"(peak RSS {res['dit']['max_rss_mib']:.0f} MiB, NumPy peak {res['dit']['numpy_peak_mib']:.0f} MiB)")
     print(f"SD VAE decode to {a.image_size} px: {dec:.2f} s (peak RSS {res['vae']['max_rss_mib']:.0f} MiB, "
           f"NumPy peak {res['vae']['numpy_peak_mib']:.0f} MiB; {res['vae']['decoder_params'] / 1e6:.1f}M decoder params)")

@@ -1,32 +1,59 @@
-"""Two DiT training steps timed against each other in one process, interleaved (6 x 10 steps each):
+"""DiT training steps timed against each other in one process, interleaved (6 x 10 steps each):
 the ratio of their costs, which holds when the machine is shared, where absolute times do not.
 Used by the main-job search (benchmarks/main_job_search.py) to place a recipe added after the idle
-calibration: its time per step = the calibrated recipe's x this ratio.
+calibration: its time per step = latent-p1-cosine's calibrated time x this ratio. Also the ratio
+of the two VAEs' encoding times (the fixed cost of a latent run).
 
     python benchmarks/step_ratio.py
 """
-import time, numpy as np
+import time
+
+import numpy as np
+
 from minidit.backend import Generator
 from minidit.diffusion import create_diffusion
+from minidit.latent.autoencoder import load_vae_encoder
 from minidit.model import get_config, init_params
+from minidit.training.data import load_dataset, to_model_space
 from minidit.training.optim import AdamW, init_ema
-from minidit.training.train import train_step
 from minidit.training.parallel import DataParallel
-cfgs = {"latent-p1": get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4),
-        "latent-p1-d8-w96": get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4, depth=8, hidden_size=96, num_heads=4)}
-d = create_diffusion("", learn_sigma=True)
-state = {}
-for n, cfg in cfgs.items():
-    p = init_params(cfg, seed=0); state[n] = (p, init_ema(p), AdamW(p, lr=1e-3), cfg)
-rng = Generator(0); y = np.arange(32) % 10
-times = {n: [] for n in cfgs}
-with DataParallel(2) as par:
-    for rep in range(6):
-        for n, (p, e, o, cfg) in state.items():
+from minidit.training.train import train_step
+
+# name: (config, latent side); all on 4-channel latents
+CONFIGS = {"latent-p1-cosine": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4), 8),
+           "latent-p1-d8-w96": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4, depth=8,
+                                           hidden_size=96, num_heads=4), 8),
+           "latent-f2-p2": (get_config("minidit-Tiny/2", input_size=16, in_channels=4), 16)}
+
+
+def main():
+    d = create_diffusion("", learn_sigma=True)
+    state = {}
+    for n, (cfg, side) in CONFIGS.items():
+        p = init_params(cfg, seed=0)
+        state[n] = (p, init_ema(p), AdamW(p, lr=1e-3), cfg, side)
+    rng, y = Generator(0), np.arange(32) % 10
+    times = {n: [] for n in CONFIGS}
+    with DataParallel(2) as par:
+        for _ in range(6):
+            for n, (p, e, o, cfg, side) in state.items():
+                t = time.perf_counter()
+                for _ in range(10):
+                    train_step(p, e, o, cfg, d, rng.normal((32, 4, side, side), dtype=np.float32), y, rng, 0.99, par)
+                times[n].append((time.perf_counter() - t) / 10)
+    base = np.median(times["latent-p1-cosine"])
+    for n in times:
+        print(f"{n:18s} {np.median(times[n]) * 1000:7.1f} ms/step  ratio {np.median(times[n]) / base:.3f}")
+    x = to_model_space(load_dataset("shapes", n=500).images)
+    enc = {}
+    for _ in range(3):
+        for path in ("data/vae_shapes32.npz", "results/main-job/vae_f2.npz"):
+            e = load_vae_encoder(path)
             t = time.perf_counter()
-            for _ in range(10):
-                x = rng.normal((32, 4, 8, 8), dtype=np.float32)
-                train_step(p, e, o, cfg, d, x, y, rng, 0.99, par)
-            times[n].append((time.perf_counter() - t) / 10)
-for n in times: print(n, np.median(times[n]) * 1000)
-print("ratio", np.median(times["latent-p1-d8-w96"]) / np.median(times["latent-p1"]))
+            e.encode_mean(x)
+            enc.setdefault(path, []).append(time.perf_counter() - t)
+    print(f"encoding, f=2 VAE / f=4 VAE: {min(enc['results/main-job/vae_f2.npz']) / min(enc['data/vae_shapes32.npz']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
