@@ -63,9 +63,10 @@ def main(argv=None):
                    "--configs", "minidit-Tiny/4:8" if dry else "DiT-S/2:8,DiT-B/2:32,minidit-Tiny/4:64"], 240),
         "sample": ([py, "benchmarks/bench_sample.py", "--device", "gpu", "--json", str(out / "bench_sample_gpu.json")]
                    + (["--quick"] if dry else []), 120),
-        "main_job": ([py, "-m", "minidit.train", "--model", "minidit-Tiny/4", "--steps", "20" if dry else "3000",
-                      "--batch-size", "32", "--lr", "2e-3", "--ema-decay", "0.997", "--device", "gpu",
-                      "--no-progress", "--out", str(Path(runs) / "tiny")], 300),
+        "main_job": ([py, "-m", "minidit.train", "--vae", "data/vae_shapes32.npz", "--model", "minidit-Tiny/2",
+                      "--patch-size", "1", "--steps", "20" if dry else "4450", "--batch-size", "32", "--lr", "2e-3",
+                      "--ema-decay", "0.998", "--lr-schedule", "cosine", "--warmup", "100", "--device", "gpu",
+                      "--no-progress", "--out", str(Path(runs) / "main")], 300),
     }
     record = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": dry, "parts": {}}
     with open(out / "gpu_check.log", "w") as log:
