@@ -161,7 +161,10 @@ def test_an_interrupt_during_sampling_stops_within_seconds_and_writes_nothing(tm
     cmd = [sys.executable, "-m", "minidit.sample", "--ckpt", str(ROOT / "data" / "minidit_shapes32.npz"),
            "--per-class", "8", "--steps", "250", "--workers", "2", "--out", str(tmp_path / "s.png"),
            "--npz", str(tmp_path / "s.npz"), "--no-progress"]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child even when this test runs in the background, where the
+    # shell starts every process with SIGINT ignored (and Python then keeps ignoring it)
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6)  # imports, loading, and into the sampling steps
     assert p.poll() is None, p.communicate()
     t0 = time.time()
