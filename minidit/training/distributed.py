@@ -21,6 +21,7 @@ A rank that fails stops every rank at once (MPI_Abort), naming itself; a rank ki
 noticed by the launcher (mpirun), which ends the others.
 """
 import json
+import math
 import os
 import sys
 import threading
@@ -29,12 +30,12 @@ from ..backend import get_array_module
 from .parallel import available_cpus
 
 # environment variables by which MPI launchers tell a process its rank and the world's size
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
 
 
 def launched_ranks():
     """The number of ranks the MPI launcher started (1 when not started by mpirun)."""
-    for v in _SIZE_VARS[:3]:
+    for v in _SIZE_VARS:
         if os.environ.get(v, "").isdigit():
             return int(os.environ[v])
     return 1
@@ -202,9 +203,7 @@ class ProcessGradientSum:
             shapes, recv = self._pending[key]
             off = 0
             for k, shape in shapes:
-                n = 1
-                for d in shape:
-                    n *= d
+                n = math.prod(shape)
                 g = recv[0, off:off + n].reshape(shape).copy()
                 for s in range(1, recv.shape[0]):
                     g += recv[s, off:off + n].reshape(shape)
