@@ -2,6 +2,7 @@
 refuses to overwrite a run and overwrites only the run's own files, stops on a non-finite loss
 keeping the last good checkpoint, and rejects bad arguments with status 2."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -61,15 +62,29 @@ def test_latent_training_resumes_bit_for_bit(tmp_path):
                 "--scale-images", "16", "--eval-images", "8", "--no-progress", "--out", str(tmp_path / "vae")]
     train_vae.run(train_vae.build_parser().parse_args(vae_args), log=lambda *a: None)
     v = ["--vae", str(tmp_path / "vae" / "vae.npz"), "--patch-size", "2", "--workers", "2"]
-    train.run(_args(tmp_path, "--steps", "4", "--ckpt-every", "4", *v, out="straight"), log=lambda *a: None)
-    train.run(_args(tmp_path, "--steps", "2", "--ckpt-every", "2", *v, out="stopped"), log=lambda *a: None)
-    train.run(_args(tmp_path, "--steps", "4", "--ckpt-every", "2", "--resume", *v, out="stopped"), log=lambda *a: None)
+    logs = []
+    train.run(_args(tmp_path, "--steps", "4", "--ckpt-every", "4", *v, out="straight"), log=logs.append)
+    train.run(_args(tmp_path, "--steps", "2", "--ckpt-every", "2", *v, out="stopped"), log=logs.append)
+    train.run(_args(tmp_path, "--steps", "4", "--ckpt-every", "2", "--resume", *v, out="stopped"), log=logs.append)
+    # the posteriors are encoded once per process (minidit.experiments runs dozens of trainings)
+    encoded = [line for line in logs if line.startswith("encoded ")]
+    assert len(encoded) == 3 and ["kept from the previous run" in line for line in encoded] == [False, True, True]
+    vae = tmp_path / "vae" / "vae.npz"
+    os.utime(vae, ns=(vae.stat().st_atime_ns, vae.stat().st_mtime_ns + 10**9))  # a rewritten VAE file
+    train.run(_args(tmp_path, "--steps", "1", *v, out="after"), log=logs.append)
+    assert "kept" not in [line for line in logs if line.startswith("encoded ")][-1]
     ma, a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000004.npz")
     _, b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "step_0000004.npz")
     assert ma["config"]["in_channels"] == 2 and ma["config"]["input_size"] == 4  # latents, not pixels
     for group in ("model", "ema", "opt_m", "opt_v"):
         for k in a[group]:
             assert np.array_equal(a[group][k], b[group][k]), (group, k)
+
+
+def test_no_sample_grid_writes_checkpoints_and_no_grid(tmp_path):
+    train.run(_args(tmp_path, "--steps", "2", "--ckpt-every", "1", "--no-sample-grid"), log=lambda *a: None)
+    assert len(checkpoints_of(tmp_path / "run")) == 2
+    assert not list((tmp_path / "run").glob("samples/*.png"))
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):

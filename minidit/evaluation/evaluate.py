@@ -116,7 +116,7 @@ def _real_dataset_for(meta):
 
 
 def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLASSIFIER,
-                     device=None, batch_size=256):
+                     device=None, batch_size=256, keep_features=False):
     """Score class-conditional samples against real images with the minidit classifier.
 
     samples: uint8 (N, H, W, C) or float (N, C, H, W) in [-1, 1], NumPy or CuPy; labels (N,) the
@@ -125,7 +125,9 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
     (default: the held-out split of the classifier's dataset); classifier: (params, meta) or the
     path of a saved classifier. Returns an EvalReport (a dict; .summary() is one line) with
     class_accuracy, per_class_accuracy, classifier_real_accuracy, FD_minidit_classifier,
-    n_samples, n_real and the classifier file's description.
+    n_samples, n_real and the classifier file's description. keep_features=True adds the
+    NumPy arrays behind them (sample_features (N, D), real_features (M, D), predictions (N,)),
+    which a bootstrap over the samples needs (minidit.evaluation.experiments).
     """
     params, meta = load_classifier(classifier) if isinstance(classifier, (str, Path)) else classifier
     device = get_device() if device is None else resolve_device(device)
@@ -151,12 +153,15 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
     pred = (f_fake @ head_w + head_b).argmax(axis=1)
     pred_real = (f_real @ head_w + head_b).argmax(axis=1)
     per_class = {meta["class_names"][k]: float((pred[y == k] == k).mean()) for k in np.unique(y)}
-    return EvalReport(
+    report = EvalReport(
         class_accuracy=float((pred == y).mean()), n_samples=int(len(y)), per_class_accuracy=per_class,
         classifier_real_accuracy=float((pred_real == real.labels).mean()), n_real=int(len(real)),
         **{FD_NAME: frechet_distance(f_fake, f_real)},
         feature_extractor=f"minidit ViT classifier, pooled features (D={cfg.hidden_size}), "
                           f"trained on {meta['dataset']} ({meta.get('command') or 'train_classifier'})")
+    if keep_features:
+        report.update(sample_features=f_fake, real_features=f_real, predictions=pred)
+    return report
 
 
 

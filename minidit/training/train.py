@@ -4,6 +4,7 @@ EMA of the weights, on the built-in data by default, with checkpoints that resum
     python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny
 """
 import math
+import os
 import sys
 import time
 
@@ -115,6 +116,8 @@ def build_parser():
                     help="data-parallel threads on the CPU (0: one per CPU, at most 8; 1: none)")
     add_run_arguments(ap, out="runs/default")
     ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
+    ap.add_argument("--no-sample-grid", action="store_true",
+                    help="write no sample grids, not even the last (for scripts that score the checkpoints)")
     ap.add_argument("--sample-steps", type=int, default=50, help="DDPM steps of the sample grids")
     ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the sample grids")
     ap.add_argument("--vae", default=None, help="VAE checkpoint: train DiT on its latents (latent diffusion)")
@@ -170,6 +173,24 @@ def run(args, log=print):
         return train(args, run_dir, log)
     finally:
         run_dir.close()
+
+
+_ENCODED = {}
+
+
+def _encoded(encoder, data, args, parallel):
+    """(EncodedDataset, reused) for this VAE file and dataset. The table depends only on them,
+    so runs that follow each other in one process (minidit.experiments trains dozens) encode
+    the data once; the key holds the file's size and modification time, so a changed VAE file
+    is encoded again. Only the last table is kept."""
+    st = os.stat(args.vae)
+    key = (os.path.realpath(args.vae), st.st_size, st.st_mtime_ns, str(args.data), args.image_size,
+           args.num_images, str(device_of(next(iter(encoder.params.values())))))
+    if key in _ENCODED:
+        return _ENCODED[key], True
+    _ENCODED.clear()
+    _ENCODED[key] = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
+    return _ENCODED[key], False
 
 
 def train(args, run_dir, log=print, world=None):
@@ -255,8 +276,9 @@ def train(args, run_dir, log=print, world=None):
             latents = None
             if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
                 t_enc = time.perf_counter()
-                latents = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
-                log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s")
+                latents, again = _encoded(encoder, data, args, parallel)
+                log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
+                    + (" (kept from the previous run in this process)" if again else ""))
             while step < args.steps:
                 x, y = next(loader)
                 if latents is not None:
@@ -281,7 +303,8 @@ def train(args, run_dir, log=print, world=None):
                 if step % args.ckpt_every == 0 or step == args.steps:
                     save(step)
                     run_dir.plot_loss(title=f"{args.model} on {args.data}")
-                if world.rank == 0 and ((args.sample_every and step % args.sample_every == 0) or step == args.steps):
+                if world.rank == 0 and not args.no_sample_grid and (
+                        (args.sample_every and step % args.sample_every == 0) or step == args.steps):
                     try:
                         sample_grid(step)
                     except OSError as e:
