@@ -195,6 +195,7 @@ CASES = [
     ("experiments", ["bogus"], "invalid choice"),
     ("experiments", [], "required"),
     ("experiments", ["scaling", "--fast", "--out", "afile/x"], "is a file"),
+    ("experiments", ["budget", "--fast", "--runs", "afile"], "--runs afile: afile is a file"),
     pytest.param("experiments", ["scaling", "--fast", "--device", "gpu", "--out", "res"], "gpu",
                  marks=pytest.mark.skipif(gpu_available() and not STANDIN, reason="a GPU is present")),
     # exercises

@@ -31,6 +31,7 @@ def test_fast_mode_runs_and_writes_results(name, runs_dir, tmp_path, capsys):
     res = json.loads((tmp_path / f"{name}.json").read_text())
     assert res["fast"] and res["experiment"] == name and res["seconds"] > 0 and res["machine"]
     assert res["complete"] and res["matmul_gflops_start"] > 0 and res["matmul_gflops_end"] > 0
+    assert res["compute_seconds"] > 0
     assert res["recipe"] == experiments.RECIPE
     runs = res["runs"]
     assert len(runs) == N_RUNS[name]
@@ -40,14 +41,17 @@ def test_fast_mode_runs_and_writes_results(name, runs_dir, tmp_path, capsys):
             assert [e["sampling_steps"] for e in r["curve"]] == list(experiments.FAST["sampling_steps"])
             evals = r["curve"]
         elif name == "budget":
-            evals = [e[m] for e in r["history"] for m in ("unguided", "unguided_final", "guided") if m in e]
+            evals = [e[m] for e in r["history"] for m in experiments.MODES if m in e]
         else:
             assert sorted(r["seeds"]) == ["0", "1"] and r["summary"][-1]["n_seeds"] == 2
             assert all(e["loss"] > 0 for s in r["seeds"].values() for e in s["history"])
-            evals = [e[m] for s in r["seeds"].values() for e in s["history"] for m in ("unguided", "guided") if m in e]
+            evals = [e[m] for s in r["seeds"].values() for e in s["history"] for m in experiments.MODES if m in e]
+            # every step has the curve's evaluation; the last step adds the bigger final ones
+            assert all(e["unguided"]["n_samples"] == 10 for s in r["seeds"].values() for e in s["history"])
             last = r["summary"][-1]
-            assert last["step"] == experiments.FAST["steps"] and last["guided"]["n_samples"] == n_final
-            for mode in ("unguided", "guided"):
+            assert last["step"] == experiments.FAST["steps"] and last["final_guided"]["n_samples"] == n_final
+            assert last["final_unguided"]["n_samples"] == n_final
+            for mode in ("unguided", "final_unguided", "final_guided"):
                 for k in experiments.METRICS:
                     v = last[mode][k]
                     assert len(v["seeds"]) == 2 and v["ci"][0] <= v["ci"][1]
@@ -59,6 +63,8 @@ def test_fast_mode_runs_and_writes_results(name, runs_dir, tmp_path, capsys):
     if name != "budget":
         assert res["findings"] and all(f.get("verdict") in ("finding", "not a finding") or "rho" in f
                                        for f in res["findings"])
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert f"# {name}" in summary and "complete" in summary and "|---|" in summary
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs and all((tmp_path / p).stat().st_size > 1000 for p in pngs)
 
@@ -101,6 +107,19 @@ def _numbers(runs):
     return json.dumps(drop(runs), sort_keys=True)
 
 
+@pytest.mark.slow
+def test_a_rerun_keeps_the_record_of_the_run_that_computed(runs_dir, tmp_path):
+    argv = ["budget", "--fast", "--out", str(tmp_path), "--runs", str(runs_dir)]
+    assert experiments.main(argv) == 0
+    first = json.loads((tmp_path / "budget.json").read_text())
+    assert experiments.main(argv) == 0
+    second = json.loads((tmp_path / "budget.json").read_text())
+    assert len(second["invocations"]) == 2 and second["invocations"][0] == first["invocations"][0]
+    assert second["invocations"][0]["seconds"] == first["seconds"]
+    assert _numbers(second["runs"]) == _numbers(first["runs"])
+    assert "Invocations that wrote this file" in (tmp_path / "SUMMARY.md").read_text()
+
+
 def test_bootstrap_spread_matches_the_binomial_and_is_centred():
     rng = np.random.default_rng(0)
     n, p = 300, 0.4
@@ -127,6 +146,38 @@ def test_two_level_interval_covers_the_seed_spread_and_the_sampling_noise():
     noise = np.random.default_rng(1).normal(0, 0.05, 200)
     both, _ = experiments.combine([0.4, 0.6], [noise - noise.mean()] * 2)
     assert both["ci"][0] < 0.4 and both["ci"][1] > 0.6
+
+
+def _fake_runs(means, spread):
+    """Result runs of the block-design shape whose final values are `means` (per design) with
+    seed values mean -/+ spread and small sample deviations."""
+    dev = list(np.random.default_rng(0).normal(0, 0.002, 100))
+    runs = {}
+    for design, m in means.items():
+        seeds = {}
+        for j, v in enumerate((m - spread, m + spread)):
+            final = {k: {"class_accuracy": v, FD_NAME: 10 * (1 - v), "n_samples": 300,
+                         "bootstrap": {"class_accuracy": dev, FD_NAME: dev}}
+                     for k in ("final_unguided", "final_guided")}
+            seeds[str(j)] = {"history": [{"step": 2000, "loss": 0.1, "unguided": dict(final["final_unguided"]), **final}]}
+        runs[design] = {"gflops": 0.05, "seeds": seeds}
+        runs[design]["summary"] = experiments.summarise(runs[design], experiments.FULL)
+    return runs
+
+
+def test_block_design_verdicts_follow_the_intervals():
+    clear = experiments.block_design_findings(
+        _fake_runs({"in-context": 0.3, "cross-attention": 0.35, "adaLN": 0.4, "adaLN-Zero": 0.6}, 0.01))
+    best = [f for f in clear if f["claim"].startswith("adaLN-Zero has the best")]
+    assert len(best) == 4 and all(f["verdict"] == "finding" for f in best)
+    assert all(f["ranking"][0] == "adaLN-Zero" for f in best)
+    ratio = next(f for f in clear if "ratio" in f)
+    assert ratio["ratio"] == pytest.approx(7 / 4) and ratio["verdict"] == "finding"
+    # the same means with seeds that disagree by more than the gaps: no finding
+    noisy = experiments.block_design_findings(
+        _fake_runs({"in-context": 0.3, "cross-attention": 0.35, "adaLN": 0.55, "adaLN-Zero": 0.6}, 0.1))
+    assert all(f["verdict"] == "not a finding" for f in noisy if f["claim"].startswith("adaLN-Zero has the best"))
+    assert next(f for f in noisy if f["claim"].startswith("adaLN-Zero has the best"))["ranking"][0] == "adaLN-Zero"
 
 
 def test_a_finding_needs_separated_intervals():

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..backend import set_device
 from ..blocks import BLOCK_DESIGNS
@@ -48,8 +49,11 @@ VAE = "data/vae_shapes32.npz"
 # in the paper, instead of the main job's cosine decay, so that a checkpoint at step s is the same
 # whatever the run's length and the curves "quality over training" mean what they say.
 RECIPE = dict(lr=2e-3, batch=32, ema=0.998, warmup=100)
-# Budgets. Steps from the study in results/experiments-budget/ (README): unguided class accuracy of
-# the best model is clearly above chance from step 500 on.
+# Budgets. Steps from the study in results/experiments-budget/ (README): the best model's unguided
+# class accuracy is clearly above chance (95% interval above 20%) from step 1750; 2000 is the next
+# point of the 500-step evaluation grid. Every evaluation step scores per_class samples of every
+# class, unguided (the curves over training); the last step adds final_per_class samples, unguided
+# and guided (the tables, bars and verdicts).
 FULL = dict(steps=2000, batch=RECIPE["batch"], eval_every=500, per_class=10, final_per_class=30, sample_steps=50, guidance=4.0,
             seeds=(0, 1), sample_seed=1, bootstrap=200, sampling_steps=(5, 10, 25, 50, 100, 250),
             num_images=None, num_real=1000)
@@ -92,13 +96,14 @@ def _checkpoint_steps(run_dir):
     return {int(p.stem.split("_")[1]): p for p in checkpoints_of(run_dir)} if run_dir.is_dir() else {}
 
 
-def _train_seconds(run_dir):
-    """Training time of a run from its log (steps between records / steps per second)."""
+def _train_seconds(run_dir, up_to):
+    """Training time of a run's first `up_to` steps from its log (steps between records / steps
+    per second; a run trained further by another experiment counts only these steps)."""
     t, last = 0.0, 0
     log = run_dir / "log.jsonl"
     for line in log.read_text().splitlines() if log.exists() else ():
         rec = json.loads(line)
-        if "steps_per_sec" in rec and rec["step"] > last:
+        if "steps_per_sec" in rec and last < rec["step"] <= up_to:
             t, last = t + (rec["step"] - last) / rec["steps_per_sec"], rec["step"]
     return round(t, 1)
 
@@ -119,10 +124,11 @@ def bootstrap(correct, f_fake, f_real, n_boot, seed=0):
     mu_r, s_r = feature_stats(f_real)
     n = len(correct)
     acc, fd = np.empty(n_boot), np.empty(n_boot)
-    for b in range(n_boot):
-        i = rng.integers(0, n, n)
-        acc[b] = correct[i].mean()
-        fd[b] = frechet_distance_from_stats(*feature_stats(f_fake[i]), mu_r, s_r)
+    with threadpool_limits(1, user_api="blas"):  # hundreds of small eigh calls: one thread is faster
+        for b in range(n_boot):
+            i = rng.integers(0, n, n)
+            acc[b] = correct[i].mean()
+            fd[b] = frechet_distance_from_stats(*feature_stats(f_fake[i]), mu_r, s_r)
     return {"class_accuracy": acc - acc.mean(), FD_NAME: fd - fd.mean()}
 
 
@@ -218,24 +224,25 @@ class Experiment:
         return rec
 
     def track(self, size, patch, block, seed):
-        """Train one run and score it at every evaluation step (unguided; the last step also
-        guided, with more samples). Returns the run's record."""
+        """Train one run and score it at every evaluation step with the same number of unguided
+        samples (a Fréchet distance of fewer samples is biased upward, so the curve compares like
+        with like); the last step also with final_per_class samples, unguided and guided.
+        Returns the run's record."""
         b = self.budget
         out = self.train(size, patch, block, seed)
         steps = list(range(b["eval_every"], b["steps"] + 1, b["eval_every"]))
         history = []
         for s in steps:
-            final = s == steps[-1]
-            e = {"step": s, "loss": _loss_at(out, s),
-                 "unguided": self.evaluate(out, s, b["final_per_class" if final else "per_class"])}
-            if final:
-                e["guided"] = self.evaluate(out, s, b["final_per_class"], b["guidance"])
+            e = {"step": s, "loss": _loss_at(out, s), "unguided": self.evaluate(out, s, b["per_class"])}
+            if s == steps[-1]:
+                e["final_unguided"] = self.evaluate(out, s, b["final_per_class"])
+                e["final_guided"] = self.evaluate(out, s, b["final_per_class"], b["guidance"])
             history.append(e)
         last = history[-1]
         self.log(f"  {out.name} step {last['step']}: loss {last['loss']:.4f}, unguided class acc "
-                 f"{100 * last['unguided']['class_accuracy']:.1f}%, FD {last['unguided'][FD_NAME]:.2f}; guided "
-                 f"{100 * last['guided']['class_accuracy']:.1f}%, FD {last['guided'][FD_NAME]:.2f}")
-        return {"run_dir": str(out), "train_seconds": _train_seconds(out), "history": history}
+                 f"{100 * last['final_unguided']['class_accuracy']:.1f}%, FD {last['final_unguided'][FD_NAME]:.2f}; "
+                 f"guided {100 * last['final_guided']['class_accuracy']:.1f}%, FD {last['final_guided'][FD_NAME]:.2f}")
+        return {"run_dir": str(out), "train_seconds": _train_seconds(out, b["steps"]), "history": history}
 
     def grid(self, models, on_progress=None):
         """models: {name: (size, patch, block)}. Every seed of every model, seed-major (all models
@@ -246,23 +253,26 @@ class Experiment:
             runs[name] = {"size": size, "patch": patch, "block": block, "gflops": gflops(cfg),
                           "params": count_params(cfg)["trainable"], "tokens": (cfg.input_size // patch) ** 2,
                           "seeds": {}}
+        full = {name: {} for name in models}  # the records with every bootstrap deviation
         for seed in self.budget["seeds"]:
             for name, (size, patch, block) in models.items():
-                runs[name]["seeds"][str(seed)] = strip(self.track(size, patch, block, seed))
-                runs[name]["summary"] = summarise(runs[name], self.budget)
+                full[name][str(seed)] = self.track(size, patch, block, seed)
+                runs[name]["seeds"][str(seed)] = strip(full[name][str(seed)])
+                runs[name]["summary"] = summarise(dict(runs[name], seeds=full[name]), self.budget)
                 if on_progress:  # the models with at least one finished seed
                     on_progress({n: r for n, r in runs.items() if r["seeds"]})
         return runs
 
 
+MODES = ("unguided", "final_unguided", "final_guided")
+
+
 def strip(run):
-    """A run's record without the bootstrap deviations of its evaluations, except the last
-    (the committed JSON keeps those, to recompute the two-level intervals)."""
+    """A run's record without the bootstrap deviations of its evaluations, except the final
+    ones (the committed JSON keeps those, to recompute the two-level intervals of the verdicts)."""
     run = json.loads(json.dumps(run))
-    for e in run["history"][:-1]:
-        for mode in ("unguided", "guided"):
-            if mode in e:
-                e[mode].pop("bootstrap", None)
+    for e in run["history"]:
+        e["unguided"].pop("bootstrap", None)
     return run
 
 
@@ -276,7 +286,7 @@ def summarise(model, budget):
                "n_seeds": len(seeds)}
         losses = [s["history"][i]["loss"] for s in seeds]
         rec["loss"] = combine(losses, None)[0] if None not in losses else None
-        for mode in ("unguided", "guided"):
+        for mode in MODES:
             if mode not in e0:
                 continue
             evals = [s["history"][i][mode] for s in seeds]
@@ -314,25 +324,29 @@ def block_design_findings(runs):
     best = "adaLN-Zero"
     if best not in runs:
         return out
-    for mode in ("unguided", "guided"):
+    for mode in ("final_unguided", "final_guided"):
         for metric in METRICS:
             fin = {d: r["summary"][-1][mode][metric] for d, r in runs.items()}
             order = sorted(fin, key=lambda d: fin[d]["mean"], reverse=METRICS[metric] == "higher")
             verdicts = {d: better(fin[best], fin[d], metric) for d in fin if d != best}
-            out.append({"claim": f"adaLN-Zero has the best {mode} {metric} of the four designs",
+            out.append({"claim": f"adaLN-Zero has the best {_mode_name(mode)} {metric} of the four designs",
                         "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
                         "ranking": order, "values": {d: _fmt(fin[d], metric) for d in order},
                         "against": verdicts})
     if "in-context" in runs:
-        zero, rz = final_replicates(runs[best], "unguided", FD_NAME, seed=1)
-        _, ri = final_replicates(runs["in-context"], "unguided", FD_NAME, seed=2)
+        zero, rz = final_replicates(runs[best], "final_unguided", FD_NAME, seed=1)
+        _, ri = final_replicates(runs["in-context"], "final_unguided", FD_NAME, seed=2)
         ratio = ri / rz
         lo, hi = np.percentile(ratio, [2.5, 97.5])
-        ic = runs["in-context"]["summary"][-1]["unguided"][FD_NAME]["mean"]
+        ic = runs["in-context"]["summary"][-1]["final_unguided"][FD_NAME]["mean"]
         out.append({"claim": "in-context's Fréchet distance is about twice adaLN-Zero's (paper: 35.24 / 19.47 = 1.81)",
                     "ratio": ic / zero["mean"], "ci": [float(lo), float(hi)],
                     "verdict": "finding" if lo > 1 else "not a finding"})
     return out
+
+
+def _mode_name(mode):
+    return {"final_unguided": "unguided", "final_guided": "guided", "unguided": "unguided"}[mode]
 
 
 def correlation(x, y):
@@ -345,35 +359,38 @@ def scaling_findings(runs):
     log Gflops (Pearson r with a two-level bootstrap interval), and compute-matched comparisons."""
     out = []
     fin = {n: r["summary"][-1] for n, r in runs.items()}
-    for mode in ("unguided", "guided"):
+    sizes = list(SIZES)
+    for mode in ("final_unguided", "final_guided"):
         for metric in METRICS:
             for a in runs:
                 for b in runs:
                     ra, rb = runs[a], runs[b]
                     if ra["size"] == rb["size"] and ra["patch"] < rb["patch"] and ra["patch"] * 2 == rb["patch"]:
                         what = f"{a} (smaller patch) beats {b}"
-                    elif ra["patch"] == rb["patch"] and ra["size"] == "Tiny" and rb["size"] == "XS":
+                    elif ra["patch"] == rb["patch"] and sizes.index(ra["size"]) == sizes.index(rb["size"]) + 1:
                         what = f"{a} (bigger model) beats {b}"
                     else:
                         continue
                     va, vb = fin[a][mode][metric], fin[b][mode][metric]
-                    out.append({"claim": f"{what} on {mode} {metric}", "verdict": better(va, vb, metric),
+                    out.append({"claim": f"{what} on {_mode_name(mode)} {metric}", "verdict": better(va, vb, metric),
                                 "values": {a: _fmt(va, metric), b: _fmt(vb, metric)}})
     names = list(runs)
     if len(names) >= 3:
         logg = [np.log10(runs[n]["gflops"]) for n in names]
-        for mode in ("unguided", "guided"):
+        for mode in ("final_unguided", "final_guided"):
             for metric in METRICS:
                 reps = np.stack([final_replicates(runs[n], mode, metric, seed=i)[1] for i, n in enumerate(names)])
                 r = correlation(logg, [fin[n][mode][metric]["mean"] for n in names])
                 rb = np.array([correlation(logg, reps[:, j]) for j in range(reps.shape[1])])
                 lo, hi = np.nanpercentile(rb, [2.5, 97.5])
                 sign = -1 if METRICS[metric] == "lower" else 1  # the paper: more Gflops, better quality
-                out.append({"claim": f"{mode} {metric} improves with log10 Gflops (Pearson r over {len(names)} models)",
+                out.append({"claim": f"{_mode_name(mode)} {metric} improves with log10 Gflops "
+                                     f"(Pearson r over {len(names)} models)",
                             "r": r, "ci": [float(lo), float(hi)],
                             "verdict": "finding" if (hi < 0 if sign < 0 else lo > 0) else "not a finding"})
     # compute-matched: the bigger-Gflops model's evaluation at no more training compute than the
-    # smaller model's last one, against that last one (unguided Fréchet distance)
+    # smaller model's last one, against that last one (unguided Fréchet distance of the curves'
+    # evaluations, which all have the same number of samples)
     for a in names:
         for b in names:
             if runs[b]["gflops"] <= runs[a]["gflops"]:
@@ -495,16 +512,17 @@ def run_budget(fast, log=print, runs_dir=None, device=None, on_progress=None):
             continue
         e = {"step": s, "loss": _loss_at(out, s), "unguided": ex.evaluate(out, s, b["per_class"])}
         if s in study["points"]:
-            e["unguided_final"] = ex.evaluate(out, s, b["final_per_class"])
-            e["guided"] = ex.evaluate(out, s, b["final_per_class"], b["guidance"])
-        for mode in ("unguided", "unguided_final", "guided"):
+            e["final_unguided"] = ex.evaluate(out, s, b["final_per_class"])
+            e["final_guided"] = ex.evaluate(out, s, b["final_per_class"], b["guidance"])
+        for mode in MODES:
             if mode in e:
                 e[mode] = {k: v for k, v in e[mode].items() if k != "bootstrap"}
         history.append(e)
         log(f"  step {s}: unguided class acc {100 * e['unguided']['class_accuracy']:.1f}% "
             f"[{100 * e['unguided']['class_accuracy_ci'][0]:.1f}, {100 * e['unguided']['class_accuracy_ci'][1]:.1f}]")
     above = [e["step"] for e in history if e["unguided"]["class_accuracy_ci"][0] > 2 * CHANCE]
-    return {"budget": b, "recipe": RECIPE, "study": study, "run_dir": str(out), "train_seconds": _train_seconds(out),
+    return {"budget": b, "recipe": RECIPE, "study": study, "run_dir": str(out),
+            "train_seconds": _train_seconds(out, study["steps"]),
             "model": "Tiny/1", "runs": {"Tiny/1": {"history": history}},
             "first_step_clearly_above_chance": above[0] if above else None, "complete": True}
 
@@ -552,9 +570,9 @@ def _final_bars(runs, name, out):
     fig = figure(figsize=(11, 3.6))
     axes = fig.subplots(1, 3)
     labels = list(runs)
-    panels = [("unguided", FD_NAME, 1, "FD, unguided (lower is better)"),
-              ("unguided", "class_accuracy", 100, "class accuracy %, unguided"),
-              ("guided", "class_accuracy", 100, "class accuracy %, guidance 4")]
+    panels = [("final_unguided", FD_NAME, 1, "FD, unguided (lower is better)"),
+              ("final_unguided", "class_accuracy", 100, "class accuracy %, unguided"),
+              ("final_guided", "class_accuracy", 100, "class accuracy %, guidance 4")]
     for ax, (mode, metric, scale, title) in zip(axes, panels):
         vals = [runs[n]["summary"][-1][mode][metric] for n in labels]
         mean = np.array([v["mean"] for v in vals]) * scale
@@ -583,7 +601,8 @@ def plot(name, result, out):
         fig = figure(figsize=(11, 3.8))
         axes = fig.subplots(1, 3)
         corr = {f["claim"].split(" improves")[0]: f for f in result.get("findings", []) if "r" in f}
-        for ax, (mode, metric, scale) in zip(axes[:2], [("unguided", FD_NAME, 1), ("unguided", "class_accuracy", 100)]):
+        for ax, (mode, metric, scale) in zip(axes[:2], [("final_unguided", FD_NAME, 1),
+                                                       ("final_unguided", "class_accuracy", 100)]):
             for label, r in runs.items():
                 v = r["summary"][-1][mode][metric]
                 ax.errorbar(r["gflops"], v["mean"] * scale, yerr=[[(v["mean"] - v["ci"][0]) * scale],
@@ -623,11 +642,11 @@ def plot(name, result, out):
         axes = fig.subplots(1, 3)
         for ax, metric, scale in ((axes[0], "class_accuracy", 100), (axes[1], FD_NAME, 1)):
             for mode, label, marker in (("unguided", "unguided, {} samples", "o"),
-                                        ("unguided_final", "unguided, {} samples", "s"),
-                                        ("guided", "guidance {:g}, {} samples", "^")):
+                                        ("final_unguided", "unguided, {} samples", "s"),
+                                        ("final_guided", "guidance {:g}, {} samples", "^")):
                 pts = [e for e in h if mode in e]
                 if pts:
-                    label = label.format(*([result["budget"]["guidance"]] if mode == "guided" else []),
+                    label = label.format(*([result["budget"]["guidance"]] if mode == "final_guided" else []),
                                          pts[0][mode]["n_samples"])
                     _band(ax, [e["step"] for e in pts], [{"mean": e[mode][metric], "ci": e[mode][metric + "_ci"]}
                                                           for e in pts], label, scale, marker)
@@ -668,6 +687,109 @@ def plot(name, result, out):
     return paths
 
 
+def compute_seconds(result):
+    """Seconds of training and sampling that the result's numbers cost, from its run records
+    (the same whether the runs were made by this command or found in the runs folder; a run that
+    two experiments share counts in both)."""
+    def evals(e):
+        return sum(e[m].get("seconds", 0) for m in MODES if m in e)
+    total = 0.0
+    for r in result["runs"].values():
+        if "curve" in r:
+            total += sum(e.get("seconds", 0) for e in r["curve"])
+        for run in (r.get("seeds") or {}).values():
+            total += run.get("train_seconds", 0) + sum(evals(e) for e in run["history"])
+        if "history" in r:  # the budget study
+            total += result.get("train_seconds", 0) + sum(evals(e) for e in r["history"])
+    return round(total, 1)
+
+
+def summary_markdown(name, result):
+    """The result as a Markdown page (tables of the final values with their intervals, and the
+    verdicts), written beside the JSON as SUMMARY.md."""
+    b = result["budget"]
+    lines = [f"# {name}", "",
+             f"`{result.get('command', '')}` at revision {result.get('revision')}, "
+             f"{'complete' if result.get('complete') else 'PARTIAL (still running or interrupted)'}; "
+             f"its runs' training and sampling took {compute_seconds(result) / 60:.0f} min, this command "
+             f"{result.get('seconds', 0) / 60:.0f} min, on {result.get('machine')}, float32 matmul "
+             f"{result.get('matmul_gflops_start')} GFLOP/s at the start"
+             + (f", {result['matmul_gflops_end']} at the end." if result.get("matmul_gflops_end") else "."), ""]
+    if len(result.get("invocations") or []) > 1:
+        lines += ["Invocations that wrote this file (a later one that found every run done only re-read them):", ""]
+        lines += [f"- {i.get('started') or 'start not recorded'}, revision {i.get('revision')}: {i.get('seconds')} s, "
+                  f"matmul {i.get('matmul_gflops_start')}-{i.get('matmul_gflops_end')} GFLOP/s"
+                  f"{'' if i.get('complete') else ' (partial)'}" for i in result["invocations"]]
+        lines += [""]
+    lines += [
+             f"Recipe: latents of {VAE}, lr {RECIPE['lr']:g} (constant after {RECIPE['warmup']} warm-up steps), "
+             f"batch {b['batch']}, EMA {RECIPE['ema']}; {b['steps']} steps; "
+             + (f"training seed {b['seeds'][0]}. " if name in ("budget", "sampling-compute") else
+                f"training seeds {list(b['seeds'])}. ") +
+             f"Samples: DDPM {b['sample_steps']}, sample seed {b['sample_seed']}; "
+             f"{10 * b['final_per_class']} per evaluation at the last step ({10 * b['per_class']} before), "
+             f"against {b['num_real']} real test images. Intervals: 95%, "
+             + ("bootstrap over the samples." if name in ("budget", "sampling-compute") else
+                "two-level bootstrap (seeds, then samples); values are means over the seeds."), ""]
+    runs = result["runs"]
+
+    def cell(v, metric):
+        return _fmt(v, metric) if v else "-"
+
+    if name in ("block-designs", "scaling"):
+        lines += ["| model | Gflops | params | loss | unguided FD | unguided class acc. | guided FD | "
+                  "guided class acc. | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+        for n, r in runs.items():
+            last = r["summary"][-1]
+            g = last.get("final_guided", {})
+            loss = last["loss"]
+            lines.append(f"| {n} | {r['gflops']:.4f} | {r['params']:,} | "
+                         f"{loss['mean']:.4f} [{loss['ci'][0]:.4f}, {loss['ci'][1]:.4f}] | "
+                         f"{cell(last['final_unguided'][FD_NAME], FD_NAME)} | "
+                         f"{cell(last['final_unguided']['class_accuracy'], 'class_accuracy')} | "
+                         f"{cell(g.get(FD_NAME), FD_NAME)} | {cell(g.get('class_accuracy'), 'class_accuracy')} | "
+                         f"{last['n_seeds']} |")
+    elif name == "sampling-compute":
+        lines += ["| model | DDPM steps | sampling Gflops / image | FD | class acc. |", "|---|---|---|---|---|"]
+        for n, r in runs.items():
+            for e in r["curve"]:
+                lines.append(f"| {n} | {e['sampling_steps']} | {e['sampling_compute_gflops']:.3g} | "
+                             f"{cell({'mean': e[FD_NAME], 'ci': e[FD_NAME + '_ci']}, FD_NAME)} | "
+                             f"{cell({'mean': e['class_accuracy'], 'ci': e['class_accuracy_ci']}, 'class_accuracy')} |")
+    elif name == "budget":
+        lines += ["| step | loss | unguided FD | unguided class acc. | n | guided FD | guided class acc. |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in runs["Tiny/1"]["history"]:
+            for mode in ("unguided", "final_unguided"):
+                if mode not in e:
+                    continue
+                u, g = e[mode], e.get("final_guided") if mode == "final_unguided" else None
+                lines.append(f"| {e['step']} | {e['loss']:.4f} | "
+                             f"{cell({'mean': u[FD_NAME], 'ci': u[FD_NAME + '_ci']}, FD_NAME)} | "
+                             f"{cell({'mean': u['class_accuracy'], 'ci': u['class_accuracy_ci']}, 'class_accuracy')} | "
+                             f"{u['n_samples']} | "
+                             + (f"{cell({'mean': g[FD_NAME], 'ci': g[FD_NAME + '_ci']}, FD_NAME)} | "
+                                f"{cell({'mean': g['class_accuracy'], 'ci': g['class_accuracy_ci']}, 'class_accuracy')} |"
+                                if g else "| |"))
+        lines += ["", f"First step whose unguided class accuracy is clearly above chance (95% interval above "
+                      f"{200 * CHANCE:.0f}%): {result.get('first_step_clearly_above_chance')}."]
+    if result.get("findings"):
+        lines += ["", "## Verdicts", ""]
+        for f in result["findings"]:
+            extra = ""
+            if "ci" in f and "r" in f:
+                extra = f" r = {f['r']:+.2f} [{f['ci'][0]:+.2f}, {f['ci'][1]:+.2f}]."
+            elif "ratio" in f:
+                extra = f" ratio {f['ratio']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]."
+            elif "rho" in f:
+                extra = f" rho = {f['rho']:+.2f}."
+            if "values" in f:
+                extra += " " + "; ".join(f"{k} {v}" for k, v in f["values"].items()) + "."
+            verdict = f"**{f['verdict']}**: " if "verdict" in f else ""
+            lines.append(f"- {verdict}{f['claim']}.{extra}")
+    return "\n".join(lines) + "\n"
+
+
 def matmul_rate(n=2048, repeats=3):
     """The machine's float32 matrix-product rate in GFLOP/s (best of `repeats`), as
     benchmarks/bench_matmul.py measures it; every result file states it."""
@@ -693,15 +815,20 @@ def revision():
     return (rev + ("+changes" if dirty else "")) or None
 
 
+INVOCATION_KEYS = ("started", "command", "revision", "seconds", "matmul_gflops_start", "matmul_gflops_end",
+                   "complete")
+
+
 def _run(args, argv):
     set_device(args.device)
     out = Path(args.out or f"results/{args.name}")
-    for parent in [out, *out.resolve().parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FileExistsError(f"--out {out}: {parent} is a file, not a folder")
-            break
     runs_dir = Path(args.runs) if args.runs else (out / "runs" if args.fast else Path("runs/experiments"))
+    for flag, folder in (("--out", out), ("--runs", runs_dir)):
+        for parent in [folder, *folder.resolve().parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise FileExistsError(f"{flag} {folder}: {parent} is a file, not a folder")
+                break
     t0 = time.perf_counter()
     info = dict(experiment=args.name, fast=args.fast,
                 command="python -m minidit.experiments " + " ".join(shlex.quote(a) for a in argv),
@@ -709,14 +836,30 @@ def _run(args, argv):
                         f"Python {platform.python_version()}, NumPy {np.__version__}",
                 matmul_gflops_start=matmul_rate(), revision=revision(), runs_folder=str(runs_dir))
 
+    # earlier invocations that wrote this file (a rerun that finds every run done only re-reads
+    # them: its own time and matmul rate say nothing about the computation, theirs do)
+    earlier = []
+    try:
+        old = json.loads((out / f"{args.name}.json").read_text())
+        if old.get("experiment") == args.name and old.get("fast") == args.fast:
+            earlier = old.get("invocations") or [{k: old.get(k) for k in INVOCATION_KEYS}]
+    except (OSError, ValueError):
+        pass
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
     def write(result):
-        result = dict(result, **info, seconds=round(time.perf_counter() - t0, 1))
+        result = dict(result, **info, seconds=round(time.perf_counter() - t0, 1), started=started)
+        result["compute_seconds"] = compute_seconds(result)
         if result.get("complete"):
             result["matmul_gflops_end"] = matmul_rate()
+        result["invocations"] = earlier + [{k: result.get(k) for k in INVOCATION_KEYS}]
         try:
             out.mkdir(parents=True, exist_ok=True)
             with atomic_write(out / f"{args.name}.json") as tmp:
                 tmp.write_text(json.dumps(result, indent=1))
+            if result["runs"]:
+                with atomic_write(out / "SUMMARY.md") as tmp:
+                    tmp.write_text(summary_markdown(args.name, result))
             # figures after every run in a full experiment (seconds against minutes), at the end in a fast one
             figures = result["runs"] and (result.get("complete") or not args.fast)
             return [out / f"{args.name}.json", *(plot(args.name, result, out) if figures else [])]
