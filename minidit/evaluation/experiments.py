@@ -294,6 +294,8 @@ def summarise(model, budget):
             for k in METRICS:
                 devs = [e.get("bootstrap", {}).get(k) for e in evals]
                 rec[mode][k], _ = combine([e[k] for e in evals], devs if all(d for d in devs) else None)
+                lo, hi = rec[mode][k]["ci"]  # the metric's range: accuracy in [0, 1], distances >= 0
+                rec[mode][k]["ci"] = [max(lo, 0.0), min(hi, 1.0) if k == "class_accuracy" else hi]
         out.append(rec)
     return out
 
@@ -554,8 +556,11 @@ def _over_training(runs, name, out):
         _band(axes[0], steps, [e["unguided"][FD_NAME] for e in s], label)
         _band(axes[1], steps, [e["unguided"]["class_accuracy"] for e in s], label, 100)
         _band(axes[2], steps, [e["loss"] for e in s], label)
-    axes[0].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)", title="Fréchet distance, unguided")
-    axes[1].set(xlabel="training step", ylabel="class accuracy of samples (%)", title="class accuracy, unguided")
+    n = next(iter(runs.values()))["summary"][0]["unguided"]["n_samples"]
+    axes[0].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)",
+                title=f"Fréchet distance, unguided, {n} samples")
+    axes[1].set(xlabel="training step", ylabel="class accuracy of samples (%)",
+                title=f"class accuracy, unguided, {n} samples")
     axes[1].axhline(10, color="gray", lw=0.8, ls=":")
     axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss", yscale="log")
     axes[0].legend(fontsize=7)
@@ -570,9 +575,10 @@ def _final_bars(runs, name, out):
     fig = figure(figsize=(11, 3.6))
     axes = fig.subplots(1, 3)
     labels = list(runs)
-    panels = [("final_unguided", FD_NAME, 1, "FD, unguided (lower is better)"),
-              ("final_unguided", "class_accuracy", 100, "class accuracy %, unguided"),
-              ("final_guided", "class_accuracy", 100, "class accuracy %, guidance 4")]
+    n = runs[labels[0]]["summary"][-1]["final_unguided"]["n_samples"]
+    panels = [("final_unguided", FD_NAME, 1, f"FD, unguided, {n} samples (lower is better)"),
+              ("final_unguided", "class_accuracy", 100, f"class accuracy %, unguided, {n} samples"),
+              ("final_guided", "class_accuracy", 100, f"class accuracy %, guidance 4, {n} samples")]
     for ax, (mode, metric, scale, title) in zip(axes, panels):
         vals = [runs[n]["summary"][-1][mode][metric] for n in labels]
         mean = np.array([v["mean"] for v in vals]) * scale
@@ -612,8 +618,10 @@ def plot(name, result, out):
                             textcoords="offset points")
             f = corr.get(f"{mode} {metric}")
             note = f" (r = {f['r']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}])" if f else ""
+            n = next(iter(runs.values()))["summary"][-1][mode]["n_samples"]
             ax.set(xscale="log", xlabel="Gflops per forward pass",
-                   ylabel=("final " + FD_NAME) if metric == FD_NAME else "final class accuracy (%)",
+                   ylabel=(f"final {FD_NAME}, {n} samples" if metric == FD_NAME
+                           else f"final class accuracy (%), {n} samples"),
                    title=f"quality against Gflops{note}")
             ax.title.set_fontsize(8)
         ax = axes[2]
@@ -630,8 +638,9 @@ def plot(name, result, out):
                 frontier.append((x, y))
                 best = y
         ax.plot(*zip(*frontier), color="k", ls="--", lw=1, label="frontier")
+        n = next(iter(runs.values()))["summary"][0]["unguided"]["n_samples"]
         ax.set(xscale="log", xlabel="training compute (Gflops x batch x steps x 3)",
-               ylabel=f"{FD_NAME}, unguided", title="quality against training compute")
+               ylabel=f"{FD_NAME}, unguided, {n} samples", title="quality against training compute")
         ax.legend(fontsize=6)
         fig.tight_layout()
         paths.append(out / "scaling_vs_compute.png")
@@ -726,9 +735,10 @@ def summary_markdown(name, result):
              f"batch {b['batch']}, EMA {RECIPE['ema']}; {b['steps']} steps; "
              + (f"training seed {b['seeds'][0]}. " if name in ("budget", "sampling-compute") else
                 f"training seeds {list(b['seeds'])}. ") +
-             f"Samples: DDPM {b['sample_steps']}, sample seed {b['sample_seed']}; "
-             f"{10 * b['final_per_class']} per evaluation at the last step ({10 * b['per_class']} before), "
-             f"against {b['num_real']} real test images. Intervals: 95%, "
+             f"Samples: DDPM {b['sample_steps']}, sample seed {b['sample_seed']}; {10 * b['per_class']} unguided "
+             f"at every evaluation step (the curves over training), and at the last step also "
+             f"{10 * b['final_per_class']} unguided and {10 * b['final_per_class']} with guidance {b['guidance']:g} "
+             f"(the tables, bars and verdicts); against {b['num_real']} real test images. Intervals: 95%, "
              + ("bootstrap over the samples." if name in ("budget", "sampling-compute") else
                 "two-level bootstrap (seeds, then samples); values are means over the seeds."), ""]
     runs = result["runs"]
@@ -841,7 +851,9 @@ def _run(args, argv):
     earlier = []
     try:
         old = json.loads((out / f"{args.name}.json").read_text())
-        if old.get("experiment") == args.name and old.get("fast") == args.fast:
+        same = (old.get("experiment") == args.name and old.get("fast") == args.fast and old.get("recipe") == RECIPE
+                and old.get("runs_folder") == str(runs_dir))  # not a file of an older design of the experiment
+        if same:
             earlier = old.get("invocations") or [{k: old.get(k) for k in INVOCATION_KEYS}]
     except (OSError, ValueError):
         pass
