@@ -308,8 +308,9 @@ def final_replicates(model, mode, metric, n_boot=2000, seed=0):
 
 
 def better(a, b, metric):
-    """'finding' when a's 95% interval lies wholly on the better side of b's, else 'not a finding'."""
-    if METRICS[metric] == "lower":
+    """'finding' when a's 95% interval lies wholly on the better side of b's, else 'not a finding'.
+    metric: a key of METRICS, or "loss" (lower is better)."""
+    if metric == "loss" or METRICS[metric] == "lower":
         return "finding" if a["ci"][1] < b["ci"][0] else "not a finding"
     return "finding" if a["ci"][0] > b["ci"][1] else "not a finding"
 
@@ -335,6 +336,18 @@ def block_design_findings(runs):
                         "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
                         "ranking": order, "values": {d: _fmt(fin[d], metric) for d in order},
                         "against": verdicts})
+    # the training loss (mean of the last 50 steps; interval over the seeds only): the measure by which
+    # the paper's figure 5 shows adaLN-Zero ahead from early on, although the paper ranks by FID
+    loss = {d: r["summary"][-1]["loss"] for d, r in runs.items()}
+    if all(loss.values()):
+        order = sorted(loss, key=lambda d: loss[d]["mean"])
+        verdicts = {d: better(loss[best], loss[d], "loss") for d in loss if d != best}
+        out.append({"claim": "adaLN-Zero has the lowest training loss of the four designs (seed spread only)",
+                    "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
+                    "ranking": order,
+                    "values": {d: f"{loss[d]['mean']:.4f} [{loss[d]['ci'][0]:.4f}, {loss[d]['ci'][1]:.4f}]"
+                               for d in order},
+                    "against": verdicts})
     if "in-context" in runs:
         zero, rz = final_replicates(runs[best], "final_unguided", FD_NAME, seed=1)
         _, ri = final_replicates(runs["in-context"], "final_unguided", FD_NAME, seed=2)
@@ -795,6 +808,10 @@ def summary_markdown(name, result):
                 extra = f" rho = {f['rho']:+.2f}."
             if "values" in f:
                 extra += " " + "; ".join(f"{k} {v}" for k, v in f["values"].items()) + "."
+            if "against" in f:
+                sep = [d for d, v in f["against"].items() if v == "finding"]
+                extra += (f" Separated from: {', '.join(sep) or 'none'}; not from: "
+                          f"{', '.join(d for d in f['against'] if d not in sep) or 'none'}.")
             verdict = f"**{f['verdict']}**: " if "verdict" in f else ""
             lines.append(f"- {verdict}{f['claim']}.{extra}")
     return "\n".join(lines) + "\n"
