@@ -403,6 +403,20 @@ def scaling_findings(runs):
                                      f"(Pearson r over {len(names)} models)",
                             "r": r, "ci": [float(lo), float(hi)],
                             "verdict": "finding" if (hi < 0 if sign < 0 else lo > 0) else "not a finding"})
+    # Gflops against parameters (the paper's S/2 against B/4): pairs in which one model has more
+    # Gflops and the other at least twice the parameters
+    for a in names:
+        for b in names:
+            ra, rb = runs[a], runs[b]
+            if ra["gflops"] > rb["gflops"] and 2 * ra["params"] <= rb["params"]:
+                for mode in ("final_unguided", "final_guided"):
+                    for metric in METRICS:
+                        va, vb = fin[a][mode][metric], fin[b][mode][metric]
+                        out.append({"claim": f"{a} (more Gflops: {ra['gflops']:.3g} vs {rb['gflops']:.3g}) beats {b} "
+                                             f"(more parameters: {rb['params']:,} vs {ra['params']:,}) on "
+                                             f"{_mode_name(mode)} {metric}",
+                                    "verdict": better(va, vb, metric),
+                                    "values": {a: _fmt(va, metric), b: _fmt(vb, metric)}})
     # compute-matched: the bigger-Gflops model's evaluation at no more training compute than the
     # smaller model's last one, against that last one (unguided Fréchet distance of the curves'
     # evaluations, which all have the same number of samples)
@@ -418,6 +432,7 @@ def scaling_findings(runs):
             out.append({"claim": f"{b} at step {eb['step']} beats {a} at step {ea['step']} with no more training "
                                  f"compute ({eb['train_compute_gflops']:.3g} <= {c_a:.3g} Gflops), unguided {FD_NAME}",
                         "verdict": better(eb["unguided"][FD_NAME], ea["unguided"][FD_NAME], FD_NAME),
+                        "opposite": better(ea["unguided"][FD_NAME], eb["unguided"][FD_NAME], FD_NAME),
                         "values": {b: _fmt(eb["unguided"][FD_NAME], FD_NAME),
                                    a: _fmt(ea["unguided"][FD_NAME], FD_NAME)}})
     return out
@@ -629,7 +644,7 @@ def plot(name, result, out):
                             fmt="o", capsize=3)
                 ax.annotate(label, (r["gflops"], v["mean"] * scale), fontsize=7, xytext=(4, 4),
                             textcoords="offset points")
-            f = corr.get(f"{mode} {metric}")
+            f = corr.get(f"{_mode_name(mode)} {metric}")
             note = f" (r = {f['r']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}])" if f else ""
             n = next(iter(runs.values()))["summary"][-1][mode]["n_samples"]
             ax.set(xscale="log", xlabel="Gflops per forward pass",
@@ -748,10 +763,13 @@ def summary_markdown(name, result):
              f"batch {b['batch']}, EMA {RECIPE['ema']}; {b['steps']} steps; "
              + (f"training seed {b['seeds'][0]}. " if name in ("budget", "sampling-compute") else
                 f"training seeds {list(b['seeds'])}. ") +
-             f"Samples: DDPM {b['sample_steps']}, sample seed {b['sample_seed']}; {10 * b['per_class']} unguided "
-             f"at every evaluation step (the curves over training), and at the last step also "
-             f"{10 * b['final_per_class']} unguided and {10 * b['final_per_class']} with guidance {b['guidance']:g} "
-             f"(the tables, bars and verdicts); against {b['num_real']} real test images. Intervals: 95%, "
+             (f"Samples: {10 * b['final_per_class']} unguided per point, DDPM with the steps listed, sample seed "
+                f"{b['sample_seed']}, from the EMA at the last step; " if name == "sampling-compute" else
+                f"Samples: DDPM {b['sample_steps']}, sample seed {b['sample_seed']}; {10 * b['per_class']} unguided "
+                f"at every evaluation step (the curves over training), and at the last step also "
+                f"{10 * b['final_per_class']} unguided and {10 * b['final_per_class']} with guidance {b['guidance']:g} "
+                f"(the tables, bars and verdicts); ")
+             + f"against {b['num_real']} real test images. Intervals: 95%, "
              + ("bootstrap over the samples." if name in ("budget", "sampling-compute") else
                 "two-level bootstrap (seeds, then samples); values are means over the seeds."), ""]
     runs = result["runs"]
@@ -808,6 +826,8 @@ def summary_markdown(name, result):
                 extra = f" rho = {f['rho']:+.2f}."
             if "values" in f:
                 extra += " " + "; ".join(f"{k} {v}" for k, v in f["values"].items()) + "."
+            if f.get("opposite") == "finding":
+                extra += " The opposite is a finding: the model with fewer Gflops is better at this compute."
             if "against" in f:
                 sep = [d for d, v in f["against"].items() if v == "finding"]
                 extra += (f" Separated from: {', '.join(sep) or 'none'}; not from: "
