@@ -11,6 +11,10 @@ Every (model, seed) is an ordinary `python -m minidit.train` run in its own fold
 that folder (evals.json), so an interrupted experiment continues where it stopped when the same
 command runs again, and runs that two experiments share (the Tiny/1 adaLN-Zero model is in all
 three) are trained and scored once. The result file is rewritten after every finished run.
+
+The module is about 470 lines because the four experiments, the runner they share and their
+command read best together; the error bars are in statistics.py, the verdicts in findings.py and
+the figures and SUMMARY.md pages in report.py (their names are re-exported here).
 """
 import json
 import os
@@ -22,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..backend import set_device
 from ..blocks import BLOCK_DESIGNS
@@ -34,9 +37,20 @@ from ..training import train as train_command
 from ..training.checkpoint import checkpoints_of, find_vae, load_model, shipped_file
 from ..training.data import load_dataset
 from ..training.sample import generate
-from ..training.viz import figure
 from .classifier import load_classifier
-from .evaluate import DEFAULT_CLASSIFIER, FD_NAME, evaluate_samples, feature_stats, frechet_distance_from_stats
+from .evaluate import DEFAULT_CLASSIFIER, FD_NAME, evaluate_samples
+from .findings import PAPER_BEST, PAPER_WORST, block_design_findings, sampling_findings, scaling_findings
+from .report import compute_seconds, plot, summary_markdown
+from .statistics import (CHANCE, METRICS, MODES, better, bootstrap, combine, correlation, final_replicates,
+                         interval, strip, summarise)
+
+# the names a reader of this module (and notebook 09) uses, whichever module defines them
+__all__ = ["SIZES", "PATCHES", "VAE", "RECIPE", "FULL", "FAST", "STUDY", "SAMPLING_MODELS", "EXPERIMENTS",
+           "Experiment", "make_cfg", "run_name", "train_arguments", "run_budget", "run_block_designs", "run_scaling",
+           "run_sampling_compute", "main", "CHANCE", "METRICS", "MODES", "better", "bootstrap", "combine",
+           "correlation", "final_replicates", "interval", "strip", "summarise", "PAPER_BEST", "PAPER_WORST",
+           "block_design_findings", "sampling_findings", "scaling_findings", "compute_seconds", "plot",
+           "summary_markdown"]
 
 # Our own model sizes (depth, width, heads); not the paper's S/B/L/XL.
 SIZES = {"XS": (2, 64, 2), "Tiny": (4, 128, 4)}
@@ -60,7 +74,6 @@ FULL = dict(steps=2000, batch=RECIPE["batch"], eval_every=500, per_class=10, fin
 FAST = dict(steps=4, batch=4, eval_every=2, per_class=1, final_per_class=2, sample_steps=2, guidance=4.0,
             seeds=(0, 1), sample_seed=1, bootstrap=50, sampling_steps=(2, 4), num_images=64, num_real=100)
 SAMPLING_MODELS = ("XS/1", "Tiny/2", "Tiny/1")  # sampling-compute: three Gflops, seed 0
-METRICS = {"class_accuracy": "higher", FD_NAME: "lower"}
 
 
 def make_cfg(size, patch, block="adaLN-Zero", fast=False):
@@ -115,45 +128,10 @@ def _loss_at(run_dir, step, window=50):
     return float(np.mean(near)) if near else None
 
 
-def bootstrap(correct, f_fake, f_real, n_boot, seed=0):
-    """Deviations of class accuracy and Fréchet distance over `n_boot` resamplings (with
-    replacement) of the generated samples, the real set held fixed. Returned centred (replicate
-    minus the replicates' mean): a resample repeats samples, which biases the Fréchet distance
-    upward, so the spread is used and not the replicates' level."""
-    rng = np.random.default_rng(seed)
-    mu_r, s_r = feature_stats(f_real)
-    n = len(correct)
-    acc, fd = np.empty(n_boot), np.empty(n_boot)
-    with threadpool_limits(1, user_api="blas"):  # hundreds of small eigh calls: one thread is faster
-        for b in range(n_boot):
-            i = rng.integers(0, n, n)
-            acc[b] = correct[i].mean()
-            fd[b] = frechet_distance_from_stats(*feature_stats(f_fake[i]), mu_r, s_r)
-    return {"class_accuracy": acc - acc.mean(), FD_NAME: fd - fd.mean()}
 
 
-def interval(estimate, deviations):
-    """95% normal interval from bootstrap deviations: estimate -/+ z sd."""
-    half = 1.959964 * float(np.std(deviations))
-    return [float(estimate) - half, float(estimate) + half]
 
 
-def combine(estimates, deviations, n_boot=2000, seed=0):
-    """A configuration's value over its seeds: the mean, and a 95% interval from a two-level
-    bootstrap (draw the seeds with replacement, then one sample-bootstrap deviation of each
-    drawn seed). With 2 seeds the seed level can only draw {a, a}, {a, b}, {b, b}: it catches the
-    spread between two seeds, and understates the true seed variance by about half."""
-    est = np.asarray(estimates, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    k = len(est)
-    picks = rng.integers(0, k, (n_boot, k))
-    vals = est[picks]
-    if deviations is not None:
-        dev = [np.asarray(d, dtype=np.float64) for d in deviations]
-        vals = vals + np.stack([np.stack([dev[s][rng.integers(0, len(dev[s]))] for s in row]) for row in picks])
-    reps = vals.mean(axis=1)
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return {"mean": float(est.mean()), "ci": [float(lo), float(hi)], "seeds": [float(e) for e in est]}, reps
 
 
 class Experiment:
@@ -264,208 +242,26 @@ class Experiment:
         return runs
 
 
-MODES = ("unguided", "final_unguided", "final_guided")
 
 
-def strip(run):
-    """A run's record without the bootstrap deviations of its evaluations, except the final
-    ones (the committed JSON keeps those, to recompute the two-level intervals of the verdicts)."""
-    run = json.loads(json.dumps(run))
-    for e in run["history"]:
-        e["unguided"].pop("bootstrap", None)
-    return run
 
 
-def summarise(model, budget):
-    """Per evaluation step: every metric's mean over the seeds with its two-level interval, and the
-    training compute. Steps where only some seeds exist yet are summarised over those."""
-    seeds = list(model["seeds"].values())
-    out = []
-    for i, e0 in enumerate(seeds[0]["history"]):
-        rec = {"step": e0["step"], "train_compute_gflops": model["gflops"] * budget["batch"] * e0["step"] * 3,  # flops.training_compute
-               "n_seeds": len(seeds)}
-        losses = [s["history"][i]["loss"] for s in seeds]
-        rec["loss"] = combine(losses, None)[0] if None not in losses else None
-        for mode in MODES:
-            if mode not in e0:
-                continue
-            evals = [s["history"][i][mode] for s in seeds]
-            rec[mode] = {"n_samples": e0[mode]["n_samples"]}
-            for k in METRICS:
-                devs = [e.get("bootstrap", {}).get(k) for e in evals]
-                rec[mode][k], _ = combine([e[k] for e in evals], devs if all(d for d in devs) else None)
-                lo, hi = rec[mode][k]["ci"]  # the metric's range: accuracy in [0, 1], distances >= 0
-                rec[mode][k]["ci"] = [max(lo, 0.0), min(hi, 1.0) if k == "class_accuracy" else hi]
-        out.append(rec)
-    return out
 
 
-def final_replicates(model, mode, metric, n_boot=2000, seed=0):
-    """Two-level bootstrap replicates of a model's final value (its last evaluation)."""
-    evals = [s["history"][-1][mode] for s in model["seeds"].values()]
-    devs = [e["bootstrap"][metric] for e in evals]
-    return combine([e[metric] for e in evals], devs, n_boot, seed)
 
 
-def better(a, b, metric):
-    """'finding' when a's 95% interval lies wholly on the better side of b's, else 'not a finding'.
-    metric: a key of METRICS, or "loss" (lower is better)."""
-    if metric == "loss" or METRICS[metric] == "lower":
-        return "finding" if a["ci"][1] < b["ci"][0] else "not a finding"
-    return "finding" if a["ci"][0] > b["ci"][1] else "not a finding"
 
 
-def _fmt(v, metric):
-    if metric == "class_accuracy":
-        return f"{100 * v['mean']:.1f}% [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}]"
-    return f"{v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]"
 
 
-def block_design_findings(runs):
-    """adaLN-Zero best (each metric), and the in-context / adaLN-Zero Fréchet distance ratio."""
-    out = []
-    best = "adaLN-Zero"
-    if best not in runs:
-        return out
-    for mode in ("final_unguided", "final_guided"):
-        for metric in METRICS:
-            fin = {d: r["summary"][-1][mode][metric] for d, r in runs.items()}
-            order = sorted(fin, key=lambda d: fin[d]["mean"], reverse=METRICS[metric] == "higher")
-            verdicts = {d: better(fin[best], fin[d], metric) for d in fin if d != best}
-            out.append({"claim": f"adaLN-Zero has the best {_mode_name(mode)} {metric} of the four designs",
-                        "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
-                        "ranking": order, "values": {d: _fmt(fin[d], metric) for d in order},
-                        "against": verdicts})
-    # the training loss (mean of the last 50 steps; interval over the seeds only): the measure by which
-    # the paper's figure 5 shows adaLN-Zero ahead from early on, although the paper ranks by FID
-    loss = {d: r["summary"][-1]["loss"] for d, r in runs.items()}
-    if all(loss.values()):
-        order = sorted(loss, key=lambda d: loss[d]["mean"])
-        verdicts = {d: better(loss[best], loss[d], "loss") for d in loss if d != best}
-        out.append({"claim": "adaLN-Zero has the lowest training loss of the four designs (seed spread only)",
-                    "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
-                    "ranking": order,
-                    "values": {d: f"{loss[d]['mean']:.4f} [{loss[d]['ci'][0]:.4f}, {loss[d]['ci'][1]:.4f}]"
-                               for d in order},
-                    "against": verdicts})
-    if "in-context" in runs:
-        zero, rz = final_replicates(runs[best], "final_unguided", FD_NAME, seed=1)
-        _, ri = final_replicates(runs["in-context"], "final_unguided", FD_NAME, seed=2)
-        ratio = ri / rz
-        lo, hi = np.percentile(ratio, [2.5, 97.5])
-        ic = runs["in-context"]["summary"][-1]["final_unguided"][FD_NAME]["mean"]
-        out.append({"claim": "in-context's Fréchet distance is about twice adaLN-Zero's (paper: 35.24 / 19.47 = 1.81)",
-                    "ratio": ic / zero["mean"], "ci": [float(lo), float(hi)],
-                    "verdict": "finding" if lo > 1 else "not a finding"})
-    return out
 
 
-def _mode_name(mode):
-    return {"final_unguided": "unguided", "final_guided": "guided", "unguided": "unguided"}[mode]
 
 
-def correlation(x, y):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    return float(np.corrcoef(x, y)[0, 1])
 
 
-def scaling_findings(runs):
-    """Smaller patch and bigger model better (pairwise, from the intervals), quality against
-    log Gflops (Pearson r with a two-level bootstrap interval), and compute-matched comparisons."""
-    out = []
-    fin = {n: r["summary"][-1] for n, r in runs.items()}
-    sizes = list(SIZES)
-    for mode in ("final_unguided", "final_guided"):
-        for metric in METRICS:
-            for a in runs:
-                for b in runs:
-                    ra, rb = runs[a], runs[b]
-                    if ra["size"] == rb["size"] and ra["patch"] < rb["patch"] and ra["patch"] * 2 == rb["patch"]:
-                        what = f"{a} (smaller patch) beats {b}"
-                    elif ra["patch"] == rb["patch"] and sizes.index(ra["size"]) == sizes.index(rb["size"]) + 1:
-                        what = f"{a} (bigger model) beats {b}"
-                    else:
-                        continue
-                    va, vb = fin[a][mode][metric], fin[b][mode][metric]
-                    out.append({"claim": f"{what} on {_mode_name(mode)} {metric}", "verdict": better(va, vb, metric),
-                                "values": {a: _fmt(va, metric), b: _fmt(vb, metric)}})
-    names = list(runs)
-    if len(names) >= 3:
-        logg = [np.log10(runs[n]["gflops"]) for n in names]
-        for mode in ("final_unguided", "final_guided"):
-            for metric in METRICS:
-                reps = np.stack([final_replicates(runs[n], mode, metric, seed=i)[1] for i, n in enumerate(names)])
-                r = correlation(logg, [fin[n][mode][metric]["mean"] for n in names])
-                rb = np.array([correlation(logg, reps[:, j]) for j in range(reps.shape[1])])
-                lo, hi = np.nanpercentile(rb, [2.5, 97.5])
-                sign = -1 if METRICS[metric] == "lower" else 1  # the paper: more Gflops, better quality
-                out.append({"claim": f"{_mode_name(mode)} {metric} improves with log10 Gflops "
-                                     f"(Pearson r over {len(names)} models)",
-                            "r": r, "ci": [float(lo), float(hi)],
-                            "verdict": "finding" if (hi < 0 if sign < 0 else lo > 0) else "not a finding"})
-    # Gflops against parameters (the paper's S/2 against B/4): pairs in which one model has more
-    # Gflops and the other at least twice the parameters
-    for a in names:
-        for b in names:
-            ra, rb = runs[a], runs[b]
-            if ra["gflops"] > rb["gflops"] and 2 * ra["params"] <= rb["params"]:
-                for mode in ("final_unguided", "final_guided"):
-                    for metric in METRICS:
-                        va, vb = fin[a][mode][metric], fin[b][mode][metric]
-                        out.append({"claim": f"{a} (more Gflops: {ra['gflops']:.3g} vs {rb['gflops']:.3g}) beats {b} "
-                                             f"(more parameters: {rb['params']:,} vs {ra['params']:,}) on "
-                                             f"{_mode_name(mode)} {metric}",
-                                    "verdict": better(va, vb, metric),
-                                    "values": {a: _fmt(va, metric), b: _fmt(vb, metric)}})
-    # compute-matched: the bigger-Gflops model's evaluation at no more training compute than the
-    # smaller model's last one, against that last one (unguided Fréchet distance of the curves'
-    # evaluations, which all have the same number of samples)
-    for a in names:
-        for b in names:
-            if runs[b]["gflops"] <= runs[a]["gflops"]:
-                continue
-            c_a = runs[a]["summary"][-1]["train_compute_gflops"]
-            earlier = [e for e in runs[b]["summary"] if e["train_compute_gflops"] <= c_a]
-            if not earlier:
-                continue
-            eb, ea = earlier[-1], runs[a]["summary"][-1]
-            out.append({"claim": f"{b} at step {eb['step']} beats {a} at step {ea['step']} with no more training "
-                                 f"compute ({eb['train_compute_gflops']:.3g} <= {c_a:.3g} Gflops), unguided {FD_NAME}",
-                        "verdict": better(eb["unguided"][FD_NAME], ea["unguided"][FD_NAME], FD_NAME),
-                        "opposite": better(ea["unguided"][FD_NAME], eb["unguided"][FD_NAME], FD_NAME),
-                        "values": {b: _fmt(eb["unguided"][FD_NAME], FD_NAME),
-                                   a: _fmt(ea["unguided"][FD_NAME], FD_NAME)}})
-    return out
 
 
-def sampling_findings(runs):
-    """Does the smaller model, at its best number of sampling steps, reach the bigger one at no
-    more sampling compute? And does each model improve with more steps?"""
-    out = []
-    names = sorted(runs, key=lambda n: runs[n]["gflops"])
-    for n in names:
-        c = runs[n]["curve"]
-        rho = np.corrcoef(np.argsort(np.argsort([e["sampling_steps"] for e in c])),
-                          np.argsort(np.argsort([e[FD_NAME] for e in c])))[0, 1]
-        out.append({"claim": f"{n}: more sampling steps lower the Fréchet distance (Spearman of FD with steps)",
-                    "rho": float(rho)})
-    for i, small in enumerate(names):
-        for big in names[i + 1:]:
-            cs = runs[small]["curve"]
-            best = min(cs, key=lambda e: e[FD_NAME])
-            budget = max(e["sampling_compute_gflops"] for e in cs)
-            cands = [e for e in runs[big]["curve"] if e["sampling_compute_gflops"] <= budget]
-            if not cands:
-                continue
-            eb = min(cands, key=lambda e: e[FD_NAME])
-            va = {"mean": eb[FD_NAME], "ci": eb[FD_NAME + "_ci"]}
-            vb = {"mean": best[FD_NAME], "ci": best[FD_NAME + "_ci"]}
-            out.append({"claim": f"{big} with {eb['sampling_steps']} steps ({eb['sampling_compute_gflops']:.3g} Gflops "
-                                 f"per image) beats {small}'s best ({best['sampling_steps']} steps), though {small} "
-                                 f"may spend up to {budget:.3g}",
-                        "verdict": better(va, vb, FD_NAME),
-                        "values": {big: _fmt(va, FD_NAME), small: _fmt(vb, FD_NAME)}})
-    return out
 
 
 def run_block_designs(fast, log=print, runs_dir=None, device=None, on_progress=None):
@@ -523,7 +319,6 @@ def run_sampling_compute(fast, log=print, runs_dir=None, device=None, on_progres
 # evaluation's sample count, unguided and guided.
 STUDY = dict(steps=3000, eval_every=250, points=(1000, 2000, 3000))
 STUDY_FAST = dict(steps=4, eval_every=2, points=(4,))
-CHANCE = 0.1
 
 
 def run_budget(fast, log=print, runs_dir=None, device=None, on_progress=None):
@@ -561,280 +356,18 @@ EXPERIMENTS = {"budget": run_budget, "block-designs": run_block_designs, "scalin
                "sampling-compute": run_sampling_compute}
 
 
-def _save(fig, path):
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=100)
 
 
-def _band(ax, xs, vals, label, scale=1.0, marker="o"):
-    mean = np.array([v["mean"] for v in vals]) * scale
-    lo = np.array([v["ci"][0] for v in vals]) * scale
-    hi = np.array([v["ci"][1] for v in vals]) * scale
-    line, = ax.plot(xs, mean, marker=marker, label=label)
-    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
-    return line
 
 
-def _over_training(runs, name, out):
-    fig = figure(figsize=(11, 3.8))
-    axes = fig.subplots(1, 3)
-    for label, r in runs.items():
-        s = r["summary"]
-        steps = [e["step"] for e in s]
-        _band(axes[0], steps, [e["unguided"][FD_NAME] for e in s], label)
-        _band(axes[1], steps, [e["unguided"]["class_accuracy"] for e in s], label, 100)
-        _band(axes[2], steps, [e["loss"] for e in s], label)
-    n = next(iter(runs.values()))["summary"][0]["unguided"]["n_samples"]
-    axes[0].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)",
-                title=f"Fréchet distance, unguided, {n} samples")
-    axes[1].set(xlabel="training step", ylabel="class accuracy of samples (%)",
-                title=f"class accuracy, unguided, {n} samples")
-    axes[1].axhline(10, color="gray", lw=0.8, ls=":")
-    axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss", yscale="log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("mean over seeds; bands: 95% two-level bootstrap (seeds, then samples)", fontsize=8)
-    fig.tight_layout()
-    path = out / f"{name}_over_training.png"
-    _save(fig, path)
-    return path
 
 
-def _final_bars(runs, name, out):
-    fig = figure(figsize=(11, 3.6))
-    axes = fig.subplots(1, 3)
-    labels = list(runs)
-    n = runs[labels[0]]["summary"][-1]["final_unguided"]["n_samples"]
-    panels = [("final_unguided", FD_NAME, 1, f"FD, unguided, {n} samples (lower is better)"),
-              ("final_unguided", "class_accuracy", 100, f"class accuracy %, unguided, {n} samples"),
-              ("final_guided", "class_accuracy", 100, f"class accuracy %, guidance 4, {n} samples")]
-    for ax, (mode, metric, scale, title) in zip(axes, panels):
-        vals = [runs[n]["summary"][-1][mode][metric] for n in labels]
-        mean = np.array([v["mean"] for v in vals]) * scale
-        err = np.array([[v["mean"] - v["ci"][0], v["ci"][1] - v["mean"]] for v in vals]).T * scale
-        ax.bar(range(len(labels)), mean, yerr=err, capsize=4, color="tab:blue", alpha=0.7)
-        for j, n in enumerate(labels):
-            ax.scatter([j] * len(runs[n]["summary"][-1][mode][metric]["seeds"]),
-                       np.array(runs[n]["summary"][-1][mode][metric]["seeds"]) * scale, color="k", s=10, zorder=3)
-        ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
-        ax.set(title=title, ylabel=title.split(",")[0])
-    step = runs[labels[0]]["summary"][-1]["step"]
-    fig.suptitle(f"step {step}: bars = mean over seeds with 95% two-level bootstrap interval; dots = seeds", fontsize=8)
-    fig.tight_layout()
-    path = out / f"{name}_final.png"
-    _save(fig, path)
-    return path
 
 
-def plot(name, result, out):
-    """The figures of each experiment, as PNGs with labelled axes and error bars."""
-    runs = result["runs"]
-    paths = []
-    if name in ("block-designs", "scaling"):
-        paths += [_over_training(runs, name, out), _final_bars(runs, name, out)]
-    if name == "scaling":
-        fig = figure(figsize=(11, 3.8))
-        axes = fig.subplots(1, 3)
-        corr = {f["claim"].split(" improves")[0]: f for f in result.get("findings", []) if "r" in f}
-        for ax, (mode, metric, scale) in zip(axes[:2], [("final_unguided", FD_NAME, 1),
-                                                       ("final_unguided", "class_accuracy", 100)]):
-            for label, r in runs.items():
-                v = r["summary"][-1][mode][metric]
-                ax.errorbar(r["gflops"], v["mean"] * scale, yerr=[[(v["mean"] - v["ci"][0]) * scale],
-                                                                  [(v["ci"][1] - v["mean"]) * scale]],
-                            fmt="o", capsize=3)
-                ax.annotate(label, (r["gflops"], v["mean"] * scale), fontsize=7, xytext=(4, 4),
-                            textcoords="offset points")
-            f = corr.get(f"{_mode_name(mode)} {metric}")
-            note = f" (r = {f['r']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}])" if f else ""
-            n = next(iter(runs.values()))["summary"][-1][mode]["n_samples"]
-            ax.set(xscale="log", xlabel="Gflops per forward pass",
-                   ylabel=(f"final {FD_NAME}, {n} samples" if metric == FD_NAME
-                           else f"final class accuracy (%), {n} samples"),
-                   title=f"quality against Gflops{note}")
-            ax.title.set_fontsize(8)
-        ax = axes[2]
-        pts = []
-        for label, r in runs.items():
-            s = r["summary"]
-            xs = [e["train_compute_gflops"] for e in s]
-            _band(ax, xs, [e["unguided"][FD_NAME] for e in s], label)
-            pts += [(x, e["unguided"][FD_NAME]["mean"]) for x, e in zip(xs, s)]
-        pts.sort()
-        frontier, best = [], np.inf
-        for x, y in pts:
-            if y < best:
-                frontier.append((x, y))
-                best = y
-        ax.plot(*zip(*frontier), color="k", ls="--", lw=1, label="frontier")
-        n = next(iter(runs.values()))["summary"][0]["unguided"]["n_samples"]
-        ax.set(xscale="log", xlabel="training compute (Gflops x batch x steps x 3)",
-               ylabel=f"{FD_NAME}, unguided, {n} samples", title="quality against training compute")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        paths.append(out / "scaling_vs_compute.png")
-        _save(fig, paths[-1])
-    if name == "budget":
-        h = runs["Tiny/1"]["history"]
-        fig = figure(figsize=(11, 3.8))
-        axes = fig.subplots(1, 3)
-        for ax, metric, scale in ((axes[0], "class_accuracy", 100), (axes[1], FD_NAME, 1)):
-            for mode, label, marker in (("unguided", "unguided, {} samples", "o"),
-                                        ("final_unguided", "unguided, {} samples", "s"),
-                                        ("final_guided", "guidance {:g}, {} samples", "^")):
-                pts = [e for e in h if mode in e]
-                if pts:
-                    label = label.format(*([result["budget"]["guidance"]] if mode == "final_guided" else []),
-                                         pts[0][mode]["n_samples"])
-                    _band(ax, [e["step"] for e in pts], [{"mean": e[mode][metric], "ci": e[mode][metric + "_ci"]}
-                                                          for e in pts], label, scale, marker)
-        axes[0].axhline(100 * CHANCE, color="gray", ls=":", lw=1)
-        axes[0].axhline(200 * CHANCE, color="gray", ls="--", lw=0.8)
-        axes[0].set(xlabel="training step", ylabel="class accuracy of samples (%)",
-                    title="class accuracy (dotted: chance; dashed: twice chance)")
-        axes[1].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)", title="Fréchet distance")
-        axes[2].plot([e["step"] for e in h], [e["loss"] for e in h], marker="o")
-        axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss")
-        axes[0].legend(fontsize=7)
-        for ax in axes[:2]:
-            ax.title.set_fontsize(9)
-        fig.suptitle("budget study: Tiny/1 adaLN-Zero, seed 0; bands: 95% bootstrap over the samples", fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "budget.png")
-        _save(fig, paths[-1])
-    if name == "sampling-compute":
-        fig = figure(figsize=(10, 3.8))
-        axes = fig.subplots(1, 2)
-        for label, r in runs.items():
-            c = r["curve"]
-            xs = [e["sampling_compute_gflops"] for e in c]
-            for ax, metric, scale in ((axes[0], FD_NAME, 1), (axes[1], "class_accuracy", 100)):
-                _band(ax, xs, [{"mean": e[metric], "ci": e[metric + "_ci"]} for e in c],
-                      f"{label} ({r['gflops']:.3g} Gflops)", scale)
-                for e in c:
-                    ax.annotate(str(e["sampling_steps"]), (e["sampling_compute_gflops"], e[metric] * scale), fontsize=6)
-        axes[0].set(xscale="log", xlabel="sampling compute per image (Gflops x steps)", ylabel=f"{FD_NAME}, unguided",
-                    title="quality against sampling compute (labels: steps)")
-        axes[1].set(xscale="log", xlabel="sampling compute per image (Gflops x steps)",
-                    ylabel="class accuracy (%), unguided", title="class accuracy against sampling compute")
-        axes[0].legend(fontsize=7)
-        fig.suptitle("bands: 95% bootstrap interval over the samples (one training seed)", fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "sampling_compute.png")
-        _save(fig, paths[-1])
-    return paths
 
 
-def compute_seconds(result):
-    """Seconds of training and sampling that the result's numbers cost, from its run records
-    (the same whether the runs were made by this command or found in the runs folder; a run that
-    two experiments share counts in both)."""
-    def evals(e):
-        return sum(e[m].get("seconds", 0) for m in MODES if m in e)
-    total = 0.0
-    for r in result["runs"].values():
-        if "curve" in r:
-            total += sum(e.get("seconds", 0) for e in r["curve"])
-        for run in (r.get("seeds") or {}).values():
-            total += run.get("train_seconds", 0) + sum(evals(e) for e in run["history"])
-        if "history" in r:  # the budget study
-            total += result.get("train_seconds", 0) + sum(evals(e) for e in r["history"])
-    return round(total, 1)
 
 
-def summary_markdown(name, result):
-    """The result as a Markdown page (tables of the final values with their intervals, and the
-    verdicts), written beside the JSON as SUMMARY.md."""
-    b = result["budget"]
-    lines = [f"# {name}", "",
-             f"`{result.get('command', '')}` at revision {result.get('revision')}, "
-             f"{'complete' if result.get('complete') else 'PARTIAL (still running or interrupted)'}; "
-             f"its runs' training and sampling took {compute_seconds(result) / 60:.0f} min, this command "
-             f"{result.get('seconds', 0) / 60:.0f} min, on {result.get('machine')}, float32 matmul "
-             f"{result.get('matmul_gflops_start')} GFLOP/s at the start"
-             + (f", {result['matmul_gflops_end']} at the end." if result.get("matmul_gflops_end") else "."), ""]
-    if len(result.get("invocations") or []) > 1:
-        lines += ["Invocations that wrote this file (a later one that found every run done only re-read them):", ""]
-        lines += [f"- {i.get('started') or 'start not recorded'}, revision {i.get('revision')}: {i.get('seconds')} s, "
-                  f"matmul {i.get('matmul_gflops_start')}-{i.get('matmul_gflops_end')} GFLOP/s"
-                  f"{'' if i.get('complete') else ' (partial)'}" for i in result["invocations"]]
-        lines += [""]
-    lines += [
-             f"Recipe: latents of {VAE}, lr {RECIPE['lr']:g} (constant after {RECIPE['warmup']} warm-up steps), "
-             f"batch {b['batch']}, EMA {RECIPE['ema']}; {b['steps']} steps; "
-             + (f"training seed {b['seeds'][0]}. " if name in ("budget", "sampling-compute") else
-                f"training seeds {list(b['seeds'])}. ") +
-             (f"Samples: {10 * b['final_per_class']} unguided per point, DDPM with the steps listed, sample seed "
-                f"{b['sample_seed']}, from the EMA at the last step; " if name == "sampling-compute" else
-                f"Samples: DDPM {b['sample_steps']}, sample seed {b['sample_seed']}; {10 * b['per_class']} unguided "
-                f"at every evaluation step (the curves over training), and at the last step also "
-                f"{10 * b['final_per_class']} unguided and {10 * b['final_per_class']} with guidance {b['guidance']:g} "
-                f"(the tables, bars and verdicts); ")
-             + f"against {b['num_real']} real test images. Intervals: 95%, "
-             + ("bootstrap over the samples." if name in ("budget", "sampling-compute") else
-                "two-level bootstrap (seeds, then samples); values are means over the seeds."), ""]
-    runs = result["runs"]
-
-    def cell(v, metric):
-        return _fmt(v, metric) if v else "-"
-
-    if name in ("block-designs", "scaling"):
-        lines += ["| model | Gflops | params | loss | unguided FD | unguided class acc. | guided FD | "
-                  "guided class acc. | seeds |", "|---|---|---|---|---|---|---|---|---|"]
-        for n, r in runs.items():
-            last = r["summary"][-1]
-            g = last.get("final_guided", {})
-            loss = last["loss"]
-            lines.append(f"| {n} | {r['gflops']:.4f} | {r['params']:,} | "
-                         f"{loss['mean']:.4f} [{loss['ci'][0]:.4f}, {loss['ci'][1]:.4f}] | "
-                         f"{cell(last['final_unguided'][FD_NAME], FD_NAME)} | "
-                         f"{cell(last['final_unguided']['class_accuracy'], 'class_accuracy')} | "
-                         f"{cell(g.get(FD_NAME), FD_NAME)} | {cell(g.get('class_accuracy'), 'class_accuracy')} | "
-                         f"{last['n_seeds']} |")
-    elif name == "sampling-compute":
-        lines += ["| model | DDPM steps | sampling Gflops / image | FD | class acc. |", "|---|---|---|---|---|"]
-        for n, r in runs.items():
-            for e in r["curve"]:
-                lines.append(f"| {n} | {e['sampling_steps']} | {e['sampling_compute_gflops']:.3g} | "
-                             f"{cell({'mean': e[FD_NAME], 'ci': e[FD_NAME + '_ci']}, FD_NAME)} | "
-                             f"{cell({'mean': e['class_accuracy'], 'ci': e['class_accuracy_ci']}, 'class_accuracy')} |")
-    elif name == "budget":
-        lines += ["| step | loss | unguided FD | unguided class acc. | n | guided FD | guided class acc. |",
-                  "|---|---|---|---|---|---|---|"]
-        for e in runs["Tiny/1"]["history"]:
-            for mode in ("unguided", "final_unguided"):
-                if mode not in e:
-                    continue
-                u, g = e[mode], e.get("final_guided") if mode == "final_unguided" else None
-                lines.append(f"| {e['step']} | {e['loss']:.4f} | "
-                             f"{cell({'mean': u[FD_NAME], 'ci': u[FD_NAME + '_ci']}, FD_NAME)} | "
-                             f"{cell({'mean': u['class_accuracy'], 'ci': u['class_accuracy_ci']}, 'class_accuracy')} | "
-                             f"{u['n_samples']} | "
-                             + (f"{cell({'mean': g[FD_NAME], 'ci': g[FD_NAME + '_ci']}, FD_NAME)} | "
-                                f"{cell({'mean': g['class_accuracy'], 'ci': g['class_accuracy_ci']}, 'class_accuracy')} |"
-                                if g else "| |"))
-        lines += ["", f"First step whose unguided class accuracy is clearly above chance (95% interval above "
-                      f"{200 * CHANCE:.0f}%): {result.get('first_step_clearly_above_chance')}."]
-    if result.get("findings"):
-        lines += ["", "## Verdicts", ""]
-        for f in result["findings"]:
-            extra = ""
-            if "ci" in f and "r" in f:
-                extra = f" r = {f['r']:+.2f} [{f['ci'][0]:+.2f}, {f['ci'][1]:+.2f}]."
-            elif "ratio" in f:
-                extra = f" ratio {f['ratio']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]."
-            elif "rho" in f:
-                extra = f" rho = {f['rho']:+.2f}."
-            if "values" in f:
-                extra += " " + "; ".join(f"{k} {v}" for k, v in f["values"].items()) + "."
-            if f.get("opposite") == "finding":
-                extra += " The opposite is a finding: the model with fewer Gflops is better at this compute."
-            if "against" in f:
-                sep = [d for d, v in f["against"].items() if v == "finding"]
-                extra += (f" Separated from: {', '.join(sep) or 'none'}; not from: "
-                          f"{', '.join(d for d in f['against'] if d not in sep) or 'none'}.")
-            verdict = f"**{f['verdict']}**: " if "verdict" in f else ""
-            lines.append(f"- {verdict}{f['claim']}.{extra}")
-    return "\n".join(lines) + "\n"
 
 
 def matmul_rate(n=2048, repeats=3):
@@ -881,7 +414,7 @@ def _run(args, argv):
                 command="python -m minidit.experiments " + " ".join(shlex.quote(a) for a in argv),
                 machine=f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs, "
                         f"Python {platform.python_version()}, NumPy {np.__version__}",
-                matmul_gflops_start=matmul_rate(), revision=revision(), runs_folder=str(runs_dir))
+                matmul_gflops_start=matmul_rate(), revision=revision(), runs_folder=str(runs_dir), vae=VAE)
 
     # earlier invocations that wrote this file (a rerun that finds every run done only re-reads
     # them: its own time and matmul rate say nothing about the computation, theirs do)

@@ -10,6 +10,7 @@ build), which is also what PSNR measures. DiT encodes with a fresh posterior sam
 scale factor (0.18215 for SD) every step; ours is 1 / std of the latents, measured on the data.
 """
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -248,6 +249,25 @@ class EncodedDataset:
         mean, std = self.mean[index, flip], self.std[index, flip]
         eps = rng.normal(mean.shape, dtype=mean.dtype, device=device_of(mean))
         return (mean + std * eps) * self.encoder.scale
+
+
+_ENCODED = {}
+
+
+def encoded_dataset(encoder, images, key, parallel=None, progress=False):
+    """(EncodedDataset, reused): the table of the VAE file key[0] for the data the rest of `key`
+    names, kept from the previous call when both are the same. The table depends only on them,
+    so runs that follow each other in one process (minidit.experiments trains dozens) encode the
+    data once; the key takes the file's size and modification time, so a rewritten VAE file is
+    encoded again. Only the last table is kept."""
+    st = os.stat(key[0])
+    key = (os.path.realpath(key[0]), st.st_size, st.st_mtime_ns, *key[1:],
+           str(device_of(next(iter(encoder.params.values())))))
+    if key not in _ENCODED:
+        _ENCODED.clear()
+        _ENCODED[key] = EncodedDataset(encoder, images, parallel, progress=progress)
+        return _ENCODED[key], False
+    return _ENCODED[key], True
 
 
 def load_vae(path, device=None):

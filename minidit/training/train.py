@@ -4,7 +4,6 @@ EMA of the weights, on the built-in data by default, with checkpoints that resum
     python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny
 """
 import math
-import os
 import sys
 import time
 
@@ -14,7 +13,7 @@ from ..backend import Generator, device_of, get_array_module, set_device, synchr
 from ..cli import CommandParser, check_positive, check_range, run_command
 from ..diffusion import create_diffusion
 from ..flops import count_params
-from ..latent.autoencoder import EncodedDataset, load_vae_encoder
+from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from .checkpoint import load_checkpoint
 from .data import DataLoader, load_dataset
@@ -175,24 +174,6 @@ def run(args, log=print):
         run_dir.close()
 
 
-_ENCODED = {}
-
-
-def _encoded(encoder, data, args, parallel):
-    """(EncodedDataset, reused) for this VAE file and dataset. The table depends only on them,
-    so runs that follow each other in one process (minidit.experiments trains dozens) encode
-    the data once; the key holds the file's size and modification time, so a changed VAE file
-    is encoded again. Only the last table is kept."""
-    st = os.stat(args.vae)
-    key = (os.path.realpath(args.vae), st.st_size, st.st_mtime_ns, str(args.data), args.image_size,
-           args.num_images, str(device_of(next(iter(encoder.params.values())))))
-    if key in _ENCODED:
-        return _ENCODED[key], True
-    _ENCODED.clear()
-    _ENCODED[key] = EncodedDataset(encoder, data.images, parallel, progress=not args.no_progress)
-    return _ENCODED[key], False
-
-
 def train(args, run_dir, log=print, world=None):
     """The training itself, in a checked run directory (see run); world: the MPI ranks (run_ranks)."""
     device = set_device(args.device)
@@ -276,7 +257,8 @@ def train(args, run_dir, log=print, world=None):
             latents = None
             if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
                 t_enc = time.perf_counter()
-                latents, again = _encoded(encoder, data, args, parallel)
+                latents, again = encoded_dataset(encoder, data.images, (args.vae, str(args.data), args.image_size,
+                                                                         args.num_images), parallel, not args.no_progress)
                 log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
                     + (" (kept from the previous run in this process)" if again else ""))
             while step < args.steps:
