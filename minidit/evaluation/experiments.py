@@ -12,7 +12,7 @@ that folder (evals.json), so an interrupted experiment continues where it stoppe
 command runs again, and runs that two experiments share (the Tiny/1 adaLN-Zero model is in all
 three) are trained and scored once. The result file is rewritten after every finished run.
 
-The module is about 470 lines because the four experiments, the runner they share and their
+The module is about 430 lines because the four experiments, the runner they share and their
 command read best together; the error bars are in statistics.py, the verdicts in findings.py and
 the figures and SUMMARY.md pages in report.py (their names are re-exported here).
 """
@@ -128,12 +128,6 @@ def _loss_at(run_dir, step, window=50):
     return float(np.mean(near)) if near else None
 
 
-
-
-
-
-
-
 class Experiment:
     """What every experiment needs: the budget, the classifier and the real images, the run
     folders, and training or scoring one run when its folder does not hold the answer yet."""
@@ -242,52 +236,27 @@ class Experiment:
         return runs
 
 
+def _grid_experiment(models, findings, fast, log, runs_dir, device, on_progress):
+    """Every seed of every model of `models` ({name: (size, patch, block)}), then the verdicts
+    of `findings`; on_progress gets the partial result after every finished run."""
+    ex = Experiment(fast, runs_dir, device, log)
 
+    def progress(runs):
+        if on_progress:
+            on_progress({"budget": ex.budget, "recipe": RECIPE, "runs": runs, "complete": False})
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+    runs = ex.grid(models, progress)
+    return {"budget": ex.budget, "recipe": RECIPE, "runs": runs, "findings": findings(runs), "complete": True}
 
 
 def run_block_designs(fast, log=print, runs_dir=None, device=None, on_progress=None):
-    ex = Experiment(fast, runs_dir, device, log)
     models = {block: ("Tiny", 1, block) for block in BLOCK_DESIGNS}  # the registry, in Table 4's order
-
-    def progress(runs):
-        if on_progress:
-            on_progress({"budget": ex.budget, "recipe": RECIPE, "runs": runs, "complete": False})
-
-    runs = ex.grid(models, progress)
-    return {"budget": ex.budget, "recipe": RECIPE, "runs": runs, "findings": block_design_findings(runs),
-            "complete": True}
+    return _grid_experiment(models, block_design_findings, fast, log, runs_dir, device, on_progress)
 
 
 def run_scaling(fast, log=print, runs_dir=None, device=None, on_progress=None):
-    ex = Experiment(fast, runs_dir, device, log)
     models = {f"{size}/{patch}": (size, patch, "adaLN-Zero") for size in SIZES for patch in PATCHES}
-
-    def progress(runs):
-        if on_progress:
-            on_progress({"budget": ex.budget, "recipe": RECIPE, "runs": runs, "complete": False})
-
-    runs = ex.grid(models, progress)
-    return {"budget": ex.budget, "recipe": RECIPE, "runs": runs, "findings": scaling_findings(runs),
-            "complete": True}
+    return _grid_experiment(models, scaling_findings, fast, log, runs_dir, device, on_progress)
 
 
 def run_sampling_compute(fast, log=print, runs_dir=None, device=None, on_progress=None):
@@ -354,20 +323,6 @@ def run_budget(fast, log=print, runs_dir=None, device=None, on_progress=None):
 
 EXPERIMENTS = {"budget": run_budget, "block-designs": run_block_designs, "scaling": run_scaling,
                "sampling-compute": run_sampling_compute}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def matmul_rate(n=2048, repeats=3):
