@@ -159,7 +159,8 @@ def _fake_runs(means, spread):
             final = {k: {"class_accuracy": v, FD_NAME: 10 * (1 - v), "n_samples": 300,
                          "bootstrap": {"class_accuracy": dev, FD_NAME: dev}}
                      for k in ("final_unguided", "final_guided")}
-            seeds[str(j)] = {"history": [{"step": 2000, "loss": 0.1, "unguided": dict(final["final_unguided"]), **final}]}
+            last = {"step": 2000, "loss": 0.1, "unguided": dict(final["final_unguided"]), **final}
+            seeds[str(j)] = {"history": [last]}
         runs[design] = {"gflops": 0.05, "seeds": seeds}
         runs[design]["summary"] = experiments.summarise(runs[design], experiments.FULL)
     return runs

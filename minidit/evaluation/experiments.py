@@ -30,6 +30,7 @@ import numpy as np
 from ..backend import set_device
 from ..blocks import BLOCK_DESIGNS
 from ..cli import CommandFailed, CommandParser, atomic_write, run_command
+from ..doctor import matmul_gflops
 from ..flops import count_params, gflops, sampling_compute
 from ..latent.autoencoder import load_vae_decoder
 from ..model import DiT_models
@@ -68,8 +69,8 @@ RECIPE = dict(lr=2e-3, batch=32, ema=0.998, warmup=100)
 # point of the 500-step evaluation grid. Every evaluation step scores per_class samples of every
 # class, unguided (the curves over training); the last step adds final_per_class samples, unguided
 # and guided (the tables, bars and verdicts).
-FULL = dict(steps=2000, batch=RECIPE["batch"], eval_every=500, per_class=10, final_per_class=30, sample_steps=50, guidance=4.0,
-            seeds=(0, 1), sample_seed=1, bootstrap=200, sampling_steps=(5, 10, 25, 50, 100, 250),
+FULL = dict(steps=2000, batch=RECIPE["batch"], eval_every=500, per_class=10, final_per_class=30, sample_steps=50,
+            guidance=4.0, seeds=(0, 1), sample_seed=1, bootstrap=200, sampling_steps=(5, 10, 25, 50, 100, 250),
             num_images=None, num_real=1000)
 FAST = dict(steps=4, batch=4, eval_every=2, per_class=1, final_per_class=2, sample_steps=2, guidance=4.0,
             seeds=(0, 1), sample_seed=1, bootstrap=50, sampling_steps=(2, 4), num_images=64, num_real=100)
@@ -325,18 +326,6 @@ EXPERIMENTS = {"budget": run_budget, "block-designs": run_block_designs, "scalin
                "sampling-compute": run_sampling_compute}
 
 
-def matmul_rate(n=2048, repeats=3):
-    """The machine's float32 matrix-product rate in GFLOP/s (best of `repeats`), as
-    benchmarks/bench_matmul.py measures it; every result file states it."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return round(2 * n ** 3 / best / 1e9, 1)
-
-
 def revision():
     """The code's git revision (with '+changes' when the tree differs), or None outside a checkout."""
     here = Path(__file__).resolve().parent
@@ -355,7 +344,11 @@ INVOCATION_KEYS = ("started", "command", "revision", "seconds", "matmul_gflops_s
 
 
 def _run(args, argv):
-    set_device(args.device)
+    device = set_device(args.device)
+
+    def matmul_rate():  # the device's float32 matrix-product rate, as minidit.doctor measures it
+        return round(matmul_gflops(device), 1)
+
     out = Path(args.out or f"results/{args.name}")
     runs_dir = Path(args.runs) if args.runs else (out / "runs" if args.fast else Path("runs/experiments"))
     for flag, folder in (("--out", out), ("--runs", runs_dir)):

@@ -206,7 +206,8 @@ def summary_markdown(name, result):
         lines += [""]
     recipe = result["recipe"]
     lines += [
-             f"Recipe: latents of {result.get('vae', 'the shipped VAE')}, lr {recipe['lr']:g} (constant after {recipe['warmup']} warm-up steps), "
+             f"Recipe: latents of {result.get('vae', 'the shipped VAE')}, lr {recipe['lr']:g} (constant after "
+             f"{recipe['warmup']} warm-up steps), "
              f"batch {b['batch']}, EMA {recipe['ema']}; {b['steps']} steps; "
              + (f"training seed {b['seeds'][0]}. " if name in ("budget", "sampling-compute") else
                 f"training seeds {list(b['seeds'])}. ") +
@@ -257,7 +258,8 @@ def summary_markdown(name, result):
                              f"{cell({'mean': u['class_accuracy'], 'ci': u['class_accuracy_ci']}, 'class_accuracy')} | "
                              f"{u['n_samples']} | "
                              + (f"{cell({'mean': g[FD_NAME], 'ci': g[FD_NAME + '_ci']}, FD_NAME)} | "
-                                f"{cell({'mean': g['class_accuracy'], 'ci': g['class_accuracy_ci']}, 'class_accuracy')} |"
+                                f"{cell({'mean': g['class_accuracy'], 'ci': g['class_accuracy_ci']}, 'class_accuracy')}"
+                                " |"
                                 if g else "| |"))
         lines += ["", f"First step whose unguided class accuracy is clearly above chance (95% interval above "
                       f"{200 * CHANCE:.0f}%): {result.get('first_step_clearly_above_chance')}."]

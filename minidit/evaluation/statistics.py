@@ -77,7 +77,8 @@ def summarise(model, budget):
     seeds = list(model["seeds"].values())
     out = []
     for i, e0 in enumerate(seeds[0]["history"]):
-        rec = {"step": e0["step"], "train_compute_gflops": model["gflops"] * budget["batch"] * e0["step"] * 3,  # flops.training_compute
+        # training compute as flops.training_compute counts it: Gflops x batch x steps x 3
+        rec = {"step": e0["step"], "train_compute_gflops": model["gflops"] * budget["batch"] * e0["step"] * 3,
                "n_seeds": len(seeds)}
         losses = [s["history"][i]["loss"] for s in seeds]
         rec["loss"] = combine(losses, None)[0] if None not in losses else None

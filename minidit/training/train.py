@@ -257,8 +257,8 @@ def train(args, run_dir, log=print, world=None):
             latents = None
             if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
                 t_enc = time.perf_counter()
-                latents, again = encoded_dataset(encoder, data.images, (args.vae, str(args.data), args.image_size,
-                                                                         args.num_images), parallel, not args.no_progress)
+                key = (args.vae, str(args.data), args.image_size, args.num_images)
+                latents, again = encoded_dataset(encoder, data.images, key, parallel, not args.no_progress)
                 log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
                     + (" (kept from the previous run in this process)" if again else ""))
             while step < args.steps:
