@@ -301,7 +301,7 @@ def update_ema(ema_model, model, decay=0.9999):
 
 
 def train_step(model, ema, opt, diffusion, x, y, ema_decay=0.9999, t=None, noise=None):
-    """One step of DiT's train.py, as minidit.training.train.train_step: t ~ U{0..T-1}, noise, forward
+    """One step of DiT's train.py, as minidit.commands.train.train_step: t ~ U{0..T-1}, noise, forward
     (label dropout inside the model in train mode), hybrid loss, backward, AdamW, EMA.
     t and noise are drawn with torch unless given. Returns the batch means and the grad norm."""
     if t is None:

@@ -248,7 +248,7 @@ def test_guided_ddim_loop_matches_a_diffusers_reference(saved, tiny_dit):
     """Five DDIM steps with guidance 4 on all latent channels, the loop of diffusers' DiTPipeline
     (DDIMScheduler, eta 0) against minidit's generate() from the same starting noise."""
     from diffusers import DDIMScheduler
-    from minidit.training.sample import generate
+    from minidit.commands.sample import generate
     params, cfg, _ = load_released_dit(saved / "safetensors")
     labels, steps, scale, seed = np.array([3, 7]), 5, 4.0, 11
     ours = generate(params, cfg, labels, steps, "ddim", scale, seed=seed, guidance="all", workers=1)

@@ -34,10 +34,10 @@ from ..doctor import matmul_gflops
 from ..flops import count_params, gflops, sampling_compute
 from ..latent.autoencoder import load_vae_decoder
 from ..model import DiT_models
-from ..training import train as train_command
+from ..commands import train as train_command
 from ..training.checkpoint import checkpoints_of, find_vae, load_model, shipped_file
 from ..training.data import load_dataset
-from ..training.sample import generate
+from ..commands.sample import generate
 from .classifier import load_classifier
 from .evaluate import DEFAULT_CLASSIFIER, FD_NAME, evaluate_samples
 from .findings import PAPER_BEST, PAPER_WORST, block_design_findings, sampling_findings, scaling_findings
