@@ -1,7 +1,8 @@
-"""The package layout explains the architecture (issue 13, STYLE.md "Layout"): no import cycle
-between minidit's modules (imports inside functions included), no comparison with a block
-design's name outside minidit/blocks.py, modules short enough to read in one sitting, and every
-package listed for installation."""
+"""The package layout explains the architecture (issues 13 and 26; docs/design.md, "Layout"): no
+import cycle between minidit's modules (imports inside functions included), no package that
+imports a package that imports it back, no comparison with a block design's name outside
+minidit/blocks.py, modules short enough to read in one sitting, and every package listed for
+installation."""
 import ast
 import re
 import tomllib
@@ -13,7 +14,7 @@ from minidit.blocks import BLOCK_DESIGNS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minidit"
-MAX_LINES = 320  # "about 300" (STYLE.md); a longer module says why in its docstring
+MAX_LINES = 320  # "about 300" (docs/design.md, "Layout"); a longer module says why in its docstring
 
 
 def _module_name(path):

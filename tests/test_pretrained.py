@@ -176,7 +176,7 @@ def saved(tmp_path_factory, tiny_dit, tiny_vae):
 
 
 def _patched_for_official_math(dit):
-    """diffusers' two deviations from the official DiT (PAPER.md 6.2), undone for the comparison."""
+    """diffusers' two deviations from the official DiT (docs/paper.md §6.2), undone for the comparison."""
     for blk in dit.transformer_blocks:
         blk.norm1.emb.time_proj.downscale_freq_shift = 0
         blk.norm3.eps = 1e-6

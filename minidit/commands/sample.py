@@ -1,4 +1,4 @@
-"""Sampling from a trained minidit checkpoint (PAPER.md 4.4): respaced DDPM or DDIM, with
+"""Sampling from a trained minidit checkpoint (docs/paper.md §4.4): respaced DDPM or DDIM, with
 classifier-free guidance (minidit.guidance), writing a labelled PNG grid and optionally an .npz
 in the format of the ADM evaluation suite (uint8 NHWC images under arr_0, labels under arr_1).
 

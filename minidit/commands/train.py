@@ -1,4 +1,4 @@
-"""Training DiT (paper section 4, PAPER.md 4.3): uniform timesteps, the hybrid loss, AdamW and an
+"""Training DiT (paper section 4, docs/paper.md §4.3): uniform timesteps, the hybrid loss, AdamW and an
 EMA of the weights, on the built-in data by default, with checkpoints that resume bit for bit.
 
     python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny

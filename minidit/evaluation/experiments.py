@@ -1,4 +1,4 @@
-"""The paper's section 5 experiments at teaching scale (PAPER.md section 0): block designs,
+"""The paper's section 5 experiments at teaching scale (docs/paper.md §0): block designs,
 model and patch size scaling, and model versus sampling compute, trained on the built-in data
 with the main job's latent recipe and scored on samples with minidit's own classifier (class
 accuracy and a Fréchet distance on its features, FD_minidit_classifier, which is not Inception

@@ -1,4 +1,4 @@
-"""Sampling the paper's released DiT with minidit's own layers, no PyTorch (PAPER.md 4.4, 6):
+"""Sampling the paper's released DiT with minidit's own layers, no PyTorch (docs/paper.md §4.4, §6):
 
     python -m minidit.pretrained --dit DiT-XL-2-256x256.pt --vae sd-vae-ft-mse --classes 207,360,387
 
