@@ -7,8 +7,8 @@ the blocks see the timestep and label embeddings (its conditioning):
   - cross-attention:   cond = [t_emb, y_emb], (N, 2, D), read by a cross-attention layer;
   - in-context:        t_emb and y_emb travel as two extra tokens of x; cond is None.
 The model, the initialisation, the Gflops count and the experiments read these records and
-nothing else, so a new design is one more `register_design(...)` call (README, "Adding a block
-design"). Backward functions return (dx, dcond, grads), grads keyed like the parameters.
+nothing else, so a new design is one more `register_design(...)` call (docs/design.md, "Adding a
+block design"). Backward functions return (dx, dcond, grads), grads keyed like the parameters.
 """
 import contextlib
 from dataclasses import dataclass

@@ -224,7 +224,7 @@ def dit_forward(params, x, t, y, cfg, keep_cache=True):
     xp = get_array_module(x)
     _check_inputs(x, t, y, cfg)
     check_labels(y, cfg.num_embeddings)  # host labels, for free, before they move
-    t, y = on_device_of(x, t), on_device_of(x, y)  # t and y may come from the host (README)
+    t, y = on_device_of(x, t), on_device_of(x, y)  # t and y may come from the host (docs/gpu.md)
     h, c_x = patch_embed_forward(x, P["x_embedder.proj.w"], P["x_embedder.proj.b"], cfg.patch_size)
     h = h + pos_embed(cfg, xp, x.dtype)  # (N, T, D), fixed table, no gradient
     t_emb, c_t = timestep_embedder_forward(t, P["t_embedder.mlp.0.w"], P["t_embedder.mlp.0.b"],

@@ -97,7 +97,7 @@ def dead_links(path, text):
     """(target, why) for every markdown link or image in `text` (written in `path`) that does not
     resolve: a file that is missing, or an anchor that names no heading of its target."""
     dead, checked = [], 0
-    text = _without_fences(text)
+    text = re.sub(r"`[^`\n]*`", "", _without_fences(text))  # inline code is not a link
     for target in LINK.findall(text) + HTML_SRC.findall(text):
         if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto: ...
             continue

@@ -59,12 +59,12 @@ SIZES = {"XS": (2, 64, 2), "Tiny": (4, 128, 4)}
 # /8, /4 and /2 give 16, 64 and 256 tokens on its 32x32x4 latents.
 PATCHES = (4, 2, 1)
 VAE = "data/vae_shapes32.npz"
-# The main job's recipe (README): latents of the shipped VAE, AdamW at 2e-3 after 100 warm-up
+# The main job's recipe (docs/main_job.md): latents of the shipped VAE, AdamW at 2e-3 after 100 warm-up
 # steps, batch 32, EMA 0.998. One change: the learning rate stays constant after the warm-up, as
 # in the paper, instead of the main job's cosine decay, so that a checkpoint at step s is the same
 # whatever the run's length and the curves "quality over training" mean what they say.
 RECIPE = dict(lr=2e-3, batch=32, ema=0.998, warmup=100)
-# Budgets. Steps from the study in results/experiments-budget/ (README): the best model's unguided
+# Budgets. Steps from the study in results/experiments-budget/ (docs/experiments.md): the best model's unguided
 # class accuracy is clearly above chance (95% interval above 20%) from step 1750; 2000 is the next
 # point of the 500-step evaluation grid. Every evaluation step scores per_class samples of every
 # class, unguided (the curves over training); the last step adds final_per_class samples, unguided
