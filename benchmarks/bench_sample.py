@@ -1,5 +1,5 @@
 """Sampling throughput of minidit: images per second of 250-step DDPM with classifier-free
-guidance (scale 4, the paper's picture setting) through minidit.training.sample.generate.
+guidance (scale 4, the paper's picture setting) through minidit.commands.sample.generate.
 
     python benchmarks/bench_sample.py [--quick] [--model minidit-Tiny/4] [--images 64]
                                       [--steps 250] [--ckpt runs/tiny] [--device cpu|gpu] [--json out.json]
@@ -67,7 +67,7 @@ def main(argv=None):
             return 0
     import numpy as np
     from minidit.flops import forward_macs
-    from minidit.training.sample import generate
+    from minidit.commands.sample import generate
     params, cfg = weights(args.model, args.ckpt, args.device)
     labels = np.arange(images) % cfg.num_classes
     from minidit.training.parallel import resolve_workers

@@ -4,7 +4,7 @@ process, interleaved, plus peak memory and model-FLOP utilisation.
     python benchmarks/bench_train.py [--quick] [--configs DiT-S/2:8,minidit-Tiny/4:64]
                                      [--repeats 7] [--threads N] [--device cpu|gpu] [--json out.json]
 
-A training step is minidit.training.train.train_step (t and noise drawn, label dropout, forward, hybrid
+A training step is minidit.commands.train.train_step (t and noise drawn, label dropout, forward, hybrid
 loss, backward, AdamW lr 1e-4, EMA 0.9999) against torch_dit.train_step doing the same work with
 torch.optim.AdamW and autograd. Both start from the same float32 weights. See benchmarks/README.md.
 """
@@ -49,7 +49,7 @@ def build(name, batch, device, framework, train=True, seed=0, workers=1):
     from minidit.model import dit_apply, get_config, init_params
     from minidit.training.optim import AdamW, init_ema
     from minidit.training.parallel import DataParallel
-    from minidit.training.train import train_step
+    from minidit.commands.train import train_step
     cfg = get_config(name, input_size=32)
     params = init_params(cfg, seed=seed, device=device)
     rng = Generator(seed, device=device)

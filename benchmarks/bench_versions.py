@@ -52,9 +52,12 @@ def export_base(rev, into):
 
 def build(pkg, name, batch, workers):
     """A no-argument training step of config `name` at batch `batch`, built with package `pkg`."""
-    # the package layout of issue 13 (minidit/training/...), or the flat one of older revisions
+    # today's layout (minidit/commands/train.py), the one of issue 13 (minidit/training/train.py), or
+    # the flat one of older revisions
     where = {"backend": "backend", "model": "model", "diffusion": "diffusion", "optim": "training.optim",
-             "parallel": "training.parallel", "train": "training.train"}
+             "parallel": "training.parallel", "train": "commands.train"}
+    if importlib.util.find_spec(f"{pkg}.commands") is None:
+        where.update(train="training.train")
     if importlib.util.find_spec(f"{pkg}.training") is None:
         where.update(optim="optim", parallel="parallel", train="train")
     mod = {m: importlib.import_module(f"{pkg}.{path}") for m, path in where.items()}

@@ -17,7 +17,7 @@ from minidit.model import get_config, init_params
 from minidit.training.data import load_dataset, to_model_space
 from minidit.training.optim import AdamW, init_ema
 from minidit.training.parallel import DataParallel
-from minidit.training.train import train_step
+from minidit.commands.train import train_step
 
 # name: (config, latent side); all on 4-channel latents
 CONFIGS = {"latent-p1-cosine": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4), 8),

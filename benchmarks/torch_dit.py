@@ -1,5 +1,5 @@
 """An independent PyTorch reference of DiT (adaLN-Zero), its hybrid training loss and its training
-step, written with torch.nn the way the official facebookresearch/DiT code builds them (PAPER.md 1,
+step, written with torch.nn the way the official facebookresearch/DiT code builds them (docs/paper.md §1,
 3.4, 4.3). Module names equal the official state_dict keys, so minidit weights load with
 `model.load_state_dict(to_torch(to_official(params, cfg)))`. Used by tests/test_torch_reference.py
 to check minidit numerically, and by the benchmarks as the PyTorch-eager baseline.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 FREQ_DIM = 256
 
 
-# ---- model (PAPER.md 1.1-1.6) -------------------------------------------------------------------
+# ---- model (docs/paper.md §1.1-§1.6) -------------------------------------------------------------------
 
 def sincos_1d(d, pos):
     """(M,) positions -> (M, d): [sin(pos w), cos(pos w)], w_k = 10000^(-k/(d/2)), float64."""
@@ -196,7 +196,7 @@ def state_dict_from_numpy(sd):
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
 
-# ---- hybrid loss (PAPER.md 3.2, 3.4, 3.5) -------------------------------------------------------
+# ---- hybrid loss (docs/paper.md §3.2, §3.4, §3.5) -------------------------------------------------------
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
@@ -286,7 +286,7 @@ class Diffusion:
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
 
-# ---- training step (PAPER.md 4.3) ----------------------------------------------------------------
+# ---- training step (docs/paper.md §4.3) ----------------------------------------------------------------
 
 def make_optimizer(model, lr=1e-4, weight_decay=0.0):
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -301,7 +301,7 @@ def update_ema(ema_model, model, decay=0.9999):
 
 
 def train_step(model, ema, opt, diffusion, x, y, ema_decay=0.9999, t=None, noise=None):
-    """One step of DiT's train.py, as minidit.training.train.train_step: t ~ U{0..T-1}, noise, forward
+    """One step of DiT's train.py, as minidit.commands.train.train_step: t ~ U{0..T-1}, noise, forward
     (label dropout inside the model in train mode), hybrid loss, backward, AdamW, EMA.
     t and noise are drawn with torch unless given. Returns the batch means and the grad norm."""
     if t is None:

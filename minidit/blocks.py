@@ -1,4 +1,4 @@
-"""The DiT block designs of paper section 3.2 (PAPER.md 1.5 and 1.10) and their registry.
+"""The DiT block designs of paper section 3.2 (docs/paper.md §1.5 and §1.10) and their registry.
 
 A design is one `BlockDesign` record in `BLOCK_DESIGNS`: its forward and backward, the shapes of
 its parameters, which of them the paper initialises to zero, its multiply-adds, and how it lets
@@ -7,8 +7,8 @@ the blocks see the timestep and label embeddings (its conditioning):
   - cross-attention:   cond = [t_emb, y_emb], (N, 2, D), read by a cross-attention layer;
   - in-context:        t_emb and y_emb travel as two extra tokens of x; cond is None.
 The model, the initialisation, the Gflops count and the experiments read these records and
-nothing else, so a new design is one more `register_design(...)` call (README, "Adding a block
-design"). Backward functions return (dx, dcond, grads), grads keyed like the parameters.
+nothing else, so a new design is one more `register_design(...)` call (docs/design.md, "Adding a
+block design"). Backward functions return (dx, dcond, grads), grads keyed like the parameters.
 """
 import contextlib
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from .layers import (attention_backward, attention_forward, cross_attention_back
                      mlp_backward, mlp_forward, modulate_backward, modulate_forward,
                      silu_backward, silu_forward)
 
-LN_EPS = 1e-6  # every LayerNorm of DiT (PAPER.md 1.5)
+LN_EPS = 1e-6  # every LayerNorm of DiT (docs/paper.md §1.5)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class BlockDesign:
     condition(h, t_emb, y_emb) -> (h', cond): the token sequence and conditioning the blocks see.
     condition_backward(dh', dcond) -> (dh, dt_emb, dy_emb): the gradient of `condition`.
     extra_tokens: tokens `condition` appends to h; they are dropped before the final layer.
-    adaptive_final: whether the final layer is modulated by c = t_emb + y_emb (PAPER.md 1.6).
+    adaptive_final: whether the final layer is modulated by c = t_emb + y_emb (docs/paper.md §1.6).
     """
     name: str
     forward: Callable
@@ -149,7 +149,7 @@ def adaln_block_forward(P, pre, x, c, num_heads, gated=True):
     xp = get_array_module(x)
     sc, c_silu = silu_forward(c)  # each block applies its own SiLU to c
     mod, c_mod = linear_forward(sc, P[pre + "adaLN_modulation.1.w"], P[pre + "adaLN_modulation.1.b"])
-    if gated:  # chunk order of PAPER.md 1.5
+    if gated:  # chunk order of docs/paper.md §1.5
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = xp.split(mod, 6, axis=1)
     else:
         shift_msa, scale_msa, shift_mlp, scale_mlp = xp.split(mod, 4, axis=1)
@@ -194,7 +194,7 @@ def adaln_block_backward(dout, cache):
 
 
 def sum_condition(h, t_emb, y_emb):
-    """c = t_emb + y_emb (N, D): a sum, not a concatenation (PAPER.md 1.4)."""
+    """c = t_emb + y_emb (N, D): a sum, not a concatenation (docs/paper.md §1.4)."""
     return h, t_emb + y_emb
 
 

@@ -49,7 +49,7 @@ def check_model(device):
     from .gradcheck import check_gradients
     from .model import DiTConfig, dit_backward, dit_forward, init_params, param_shapes
     from .training.optim import AdamW, init_ema
-    from .training.train import train_step
+    from .commands.train import train_step
     cfg = DiTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=16, depth=2, num_heads=2,
                     num_classes=5)
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """Parameter counts and Gflops in the paper's convention (paper section 3.2 "Model size",
-Table 4; PAPER.md 2): one multiply-accumulate counts as one flop, for the forward pass of one
+Table 4; docs/paper.md §2): one multiply-accumulate counts as one flop, for the forward pass of one
 image, without guidance doubling and without the VAE.
 
 Run `python -m minidit.flops` to print the paper's table side by side with ours.
@@ -7,7 +7,7 @@ Run `python -m minidit.flops` to print the paper's table side by side with ours.
 from .cli import CommandParser, run_command
 from .model import FREQ_DIM, DiT_models, param_shapes
 
-# The paper's Table 4 (params in millions, Gflops), PAPER.md 2.3.
+# The paper's Table 4 (params in millions, Gflops), docs/paper.md §2.3.
 PAPER_TABLE = {
     "DiT-S/8": (33, 0.36), "DiT-S/4": (33, 1.41), "DiT-S/2": (33, 6.06),
     "DiT-B/8": (131, 1.42), "DiT-B/4": (130, 5.56), "DiT-B/2": (130, 23.01),

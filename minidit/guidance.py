@@ -1,4 +1,4 @@
-"""Classifier-free guidance (paper section 3.1; PAPER.md 1.7): one model trained with label
+"""Classifier-free guidance (paper section 3.1; docs/paper.md §1.7): one model trained with label
 dropout is both conditional and unconditional, and sampling extrapolates from the second
 towards the first, eps_hat = eps_u + s (eps_c - eps_u), with guidance scale s >= 1.
 """
@@ -16,7 +16,7 @@ def forward_with_cfg(params, x, t, y, guidance_scale, cfg, guidance="all"):
     with s = guidance_scale is written to both halves.
     guidance="all": every noise channel is guided (the paper's equation; our default).
     guidance="official": only channels 0..2 are guided and channel 3 plus the variance channels
-    pass through unguided, exactly as the released code (PAPER.md 1.7). For 3-channel (RGB)
+    pass through unguided, exactly as the released code (docs/paper.md §1.7). For 3-channel (RGB)
     models the two coincide on the noise channels.
     Returns (2n, C_out, I, I).
     """

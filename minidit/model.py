@@ -18,7 +18,7 @@ from .layers import (check_labels, drop_labels, final_layer_backward, final_laye
                      patch_embed_forward, timestep_embedder_backward, timestep_embedder_forward,
                      unpatchify_hwc_backward, unpatchify_hwc_forward)
 
-FREQ_DIM = 256  # width of the sinusoidal timestep features (PAPER.md 1.3)
+FREQ_DIM = 256  # width of the sinusoidal timestep features (docs/paper.md §1.3)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _make(depth, hidden_size, patch_size, num_heads, **defaults):
     return build
 
 
-# The twelve configurations of the paper (PAPER.md 1.9): official defaults, latent 32x32x4, K=1000.
+# The twelve configurations of the paper (docs/paper.md §1.9): official defaults, latent 32x32x4, K=1000.
 _PAPER_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 DiT_models = {f"DiT-{s}/{p}": _make(d, h, p, nh)
               for s, (d, h, nh) in _PAPER_SIZES.items() for p in (2, 4, 8)}
@@ -148,7 +148,7 @@ def param_shapes(cfg):
 
 
 def init_params(cfg, seed=0, dtype=np.float32, device=None):
-    """The official initialisation (PAPER.md 1.8), for every block design.
+    """The official initialisation (docs/paper.md §1.8), for every block design.
 
     Every linear weight: xavier-uniform over the whole matrix, bias 0 (the patch embedding as a
     (C*p*p, D) linear too); label table and timestep-MLP weights: normal(0, 0.02); LayerNorm
@@ -193,7 +193,7 @@ def pos_embed(cfg, xp=np, dtype=np.float32):
 
 
 def apply_label_dropout(y, cfg, rng, force_drop_ids=None):
-    """Training-time label dropout (PAPER.md 1.4): each label becomes the null class K with
+    """Training-time label dropout (docs/paper.md §1.4): each label becomes the null class K with
     probability cfg.class_dropout_prob. Kept out of dit_forward so the forward is deterministic."""
     if cfg.class_dropout_prob <= 0 and force_drop_ids is None:
         return y
@@ -224,13 +224,13 @@ def dit_forward(params, x, t, y, cfg, keep_cache=True):
     xp = get_array_module(x)
     _check_inputs(x, t, y, cfg)
     check_labels(y, cfg.num_embeddings)  # host labels, for free, before they move
-    t, y = on_device_of(x, t), on_device_of(x, y)  # t and y may come from the host (README)
+    t, y = on_device_of(x, t), on_device_of(x, y)  # t and y may come from the host (docs/gpu.md)
     h, c_x = patch_embed_forward(x, P["x_embedder.proj.w"], P["x_embedder.proj.b"], cfg.patch_size)
     h = h + pos_embed(cfg, xp, x.dtype)  # (N, T, D), fixed table, no gradient
     t_emb, c_t = timestep_embedder_forward(t, P["t_embedder.mlp.0.w"], P["t_embedder.mlp.0.b"],
                                            P["t_embedder.mlp.2.w"], P["t_embedder.mlp.2.b"], FREQ_DIM)
     y_emb, c_y = label_embed_forward(y, P["y_embedder.embedding_table.w"])
-    c = t_emb + y_emb  # (N, D): a sum, not a concatenation (PAPER.md 1.4), for the final layer
+    c = t_emb + y_emb  # (N, D): a sum, not a concatenation (docs/paper.md §1.4), for the final layer
     h, cond = design.condition(h, t_emb, y_emb)  # what the blocks see of t and y (blocks.py)
     c_blocks = []
     for i in range(cfg.depth):  # the only Python loop of the model: over blocks

@@ -1,5 +1,5 @@
 """Conversion between minidit parameters and the official PyTorch DiT state_dict (as NumPy
-arrays under the official key names and shapes; PAPER.md 1 and 6.1), so released DiT weights
+arrays under the official key names and shapes; docs/paper.md §1 and §6.1), so released DiT weights
 run in minidit. One function each way.
 
 Our linear weights are (D_in, D_out) and used as x @ w; PyTorch stores (D_out, D_in). The patch

@@ -1,8 +1,8 @@
 """`python -m minidit.sample`: the sampling command.
-The code is in minidit/training/sample.py; this file only keeps the command short to type."""
+The code is in minidit/commands/sample.py; this file only keeps the command short to type."""
 import sys
 
-from .training.sample import main
+from .commands.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

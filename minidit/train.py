@@ -1,8 +1,8 @@
 """`python -m minidit.train`: the DiT training command.
-The code is in minidit/training/train.py; this file only keeps the command short to type."""
+The code is in minidit/commands/train.py; this file only keeps the command short to type."""
 import sys
 
-from .training.train import main
+from .commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

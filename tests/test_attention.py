@@ -1,4 +1,4 @@
-"""Self-attention: the head split of PAPER.md 1.5 against a per-head reference loop, and float64
+"""Self-attention: the head split of docs/paper.md §1.5 against a per-head reference loop, and float64
 gradient checks of the attention core and of the whole layer (tolerance 1e-7)."""
 import numpy as np
 import pytest

@@ -12,8 +12,8 @@ from conftest import BAD_INPUTS, STANDIN
 from minidit.backend import gpu_available
 from minidit.training.checkpoint import load_checkpoint, save_checkpoint, shipped_file
 
-COMMANDS = {"train": "minidit.training.train", "train_vae": "minidit.latent.train_vae",
-            "sample": "minidit.training.sample", "evaluate": "minidit.evaluation.evaluate",
+COMMANDS = {"train": "minidit.commands.train", "train_vae": "minidit.latent.train_vae",
+            "sample": "minidit.commands.sample", "evaluate": "minidit.evaluation.evaluate",
             "experiments": "minidit.evaluation.experiments", "exercises": "minidit.course.exercises",
             "flops": "minidit.flops", "pretrained": "minidit.pretrained.sample"}
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
@@ -33,7 +33,7 @@ except ImportError:
 def workspace(tmp_path_factory):
     """A folder with a finished tiny run, a user's folder, and damaged and foreign files."""
     ws = tmp_path_factory.mktemp("workspace")
-    from minidit.training import train
+    from minidit.commands import train
     train.run(train.build_parser().parse_args(TINY + ["--out", str(ws / "run")]), log=lambda *a: None)
     ckpt = sorted((ws / "run" / "checkpoints").glob("*.npz"))[-1]
     (ws / "mine").mkdir()

@@ -15,7 +15,7 @@ from minidit.layers import (layernorm_backward, layernorm_forward, linear_backwa
                             mlp_backward, mlp_forward, modulate_backward, modulate_forward)
 from minidit.model import DiTConfig, dit_backward, dit_forward, init_params, param_shapes
 from minidit.training.optim import AdamW, init_ema
-from minidit.training.train import train_step
+from minidit.commands.train import train_step
 
 N, T, D, H, NH = 2, 5, 8, 32, 2
 

@@ -1,5 +1,5 @@
 """minidit.training.data, shapes and folder: the datasets, ADM's center crop, the batch stream
-(PAPER.md 4.1)."""
+(docs/paper.md §4.1)."""
 import sys
 
 import numpy as np

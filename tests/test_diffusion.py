@@ -1,4 +1,4 @@
-"""Tests of minidit.diffusion and minidit.diffusion.losses (PAPER.md sections 3 and 5)."""
+"""Tests of minidit.diffusion and minidit.diffusion.losses (docs/paper.md §3 and §5)."""
 import math
 
 import numpy as np
@@ -13,7 +13,7 @@ from minidit.diffusion.losses import (approx_standard_normal_cdf, approx_standar
 from minidit.gradcheck import GradCheckResult, check_gradients, rel_error
 
 
-# Schedule (PAPER.md 3.2)
+# Schedule (docs/paper.md §3.2)
 
 def test_linear_schedule_closed_forms():
     d = create_diffusion("")
@@ -54,7 +54,7 @@ def test_linear_schedule_scales_with_T_and_cosine_schedule():
     assert c[-1] == 0.999 and np.all(np.diff(c) > 0)
 
 
-# Respacing (PAPER.md 3.3)
+# Respacing (docs/paper.md §3.3)
 
 def _expected_sections(T, counts):
     """The documented rule, written independently: equal sections, remainder first, round(k * stride)."""
@@ -132,7 +132,7 @@ def test_bad_timestep_index_raises():
         d.q_sample(x, np.array([0, 10]), x)
 
 
-# Forward process and p_mean_variance (PAPER.md 3.1, 3.5)
+# Forward process and p_mean_variance (docs/paper.md §3.1, §3.5)
 
 def test_q_sample_statistics(xp):
     d = create_diffusion("")
@@ -176,7 +176,7 @@ def test_p_mean_variance_learned_range_and_t0(xp):
     np.testing.assert_allclose(to_numpy(fixed["log_variance"])[:, 0, 0, 0], lo[:, 0, 0, 0], rtol=1e-13)
 
 
-# The hybrid loss and its hand-written gradient (PAPER.md 3.4)
+# The hybrid loss and its hand-written gradient (docs/paper.md §3.4)
 
 def test_elementwise_derivatives():
     """Each small function's derivative against central differences; float64, rel error < 1e-7."""
@@ -331,7 +331,7 @@ def test_plain_mse_without_learn_sigma(xp):
 
 
 def test_loss_at_init_is_about_one(xp):
-    """A zero model output (DiT at init) gives mse ~ 1 and a small positive vb (PAPER.md 1.8)."""
+    """A zero model output (DiT at init) gives mse ~ 1 and a small positive vb (docs/paper.md §1.8)."""
     d = create_diffusion("")
     rng = Generator(0)
     dev = "gpu" if xp is not np else "cpu"
@@ -343,7 +343,7 @@ def test_loss_at_init_is_about_one(xp):
     assert abs(float(out["mse"].mean()) - 1) < 0.1 and 0 < float(out["vb"].mean()) < 1
 
 
-# Samplers (PAPER.md 3.6)
+# Samplers (docs/paper.md §3.6)
 
 def _single_point_model(x0, base):
     """The exact eps-model of data that is the single point x0: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar),

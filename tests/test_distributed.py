@@ -82,7 +82,7 @@ def test_resume_with_another_rank_count_says_so(tmp_path):
 def test_a_failing_rank_stops_every_rank_and_names_itself(tmp_path):
     """Rank 1 raises at its seventh step (a patched train_step, so the library carries no test hook)."""
     code = ("import os, sys\n"
-            "import minidit.training.train as t\n"
+            "import minidit.commands.train as t\n"
             "real, calls = t.train_step, [0]\n"
             "def flaky(*a, **k):\n"
             "    calls[0] += 1\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minidit.training import train
+from minidit.commands import train
 from minidit.training.checkpoint import checkpoints_of, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
-"""Parameter counts equal the official ones exactly (PAPER.md 2.3); Gflops are within 0.03 of the
+"""Parameter counts equal the official ones exactly (docs/paper.md §2.3); Gflops are within 0.03 of the
 paper's Table 4 for the twelve models and the four block designs of DiT-XL/2."""
 import pytest
 
 from minidit import flops
 from minidit.model import DiT_models, init_params
 
-OFFICIAL = {  # (all, trainable) from PAPER.md 2.3
+OFFICIAL = {  # (all, trainable) from docs/paper.md §2.3
     "DiT-S/8": (33_148_160, 33_142_016), "DiT-S/4": (32_945_024, 32_920_448),
     "DiT-S/2": (32_963_360, 32_865_056), "DiT-B/8": (130_881_536, 130_869_248),
     "DiT-B/4": (130_475_648, 130_426_496), "DiT-B/2": (130_512_416, 130_315_808),
@@ -50,7 +50,7 @@ def test_analytic_count_equals_initialised_params():
 def test_compute_estimates():
     cfg = DiT_models["DiT-XL/2"]()
     assert flops.training_compute(cfg, 256, 400_000) == pytest.approx(flops.gflops(cfg) * 256 * 400_000 * 3)
-    # PAPER.md 0: L/2 with 1000 steps is about 80.7 TFLOPs per image; XL/2 with 128 steps about 15.2
+    # docs/paper.md §0: L/2 with 1000 steps is about 80.7 TFLOPs per image; XL/2 with 128 steps about 15.2
     assert flops.sampling_compute(DiT_models["DiT-L/2"](), 1000) / 1e3 == pytest.approx(80.7, abs=0.05)
     assert flops.sampling_compute(cfg, 128) / 1e3 == pytest.approx(15.18, abs=0.05)
     assert flops.sampling_compute(cfg, 10, guidance=True) == 2 * flops.sampling_compute(cfg, 10)

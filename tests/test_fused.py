@@ -13,7 +13,7 @@ from minidit.layers import (gated_residual_forward, gelu_backward, gelu_forward,
 from minidit.model import get_config, init_params
 from minidit.training.optim import AdamW, ema_update, init_ema
 from minidit.training.parallel import DataParallel
-from minidit.training.train import train_step
+from minidit.commands.train import train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not backend.gpu_available(), reason="no CuPy (nor its stand-in)")]
 F32 = dict(rtol=2e-6, atol=2e-6)  # a few float32 roundings

@@ -11,7 +11,7 @@ from minidit.backend import Generator, to_device, to_numpy
 from minidit.diffusion import create_diffusion
 from minidit.guidance import make_model_fn
 from minidit.model import dit_forward, get_config, init_params
-from minidit.training import sample, train
+from minidit.commands import sample, train
 from minidit.training.checkpoint import load_checkpoint
 from minidit.training.optim import AdamW, init_ema
 from minidit.training.parallel import DataParallel

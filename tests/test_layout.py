@@ -1,7 +1,8 @@
-"""The package layout explains the architecture (issue 13, STYLE.md "Layout"): no import cycle
-between minidit's modules (imports inside functions included), no comparison with a block
-design's name outside minidit/blocks.py, modules short enough to read in one sitting, and every
-package listed for installation."""
+"""The package layout explains the architecture (issues 13 and 26; docs/design.md, "Layout"): no
+import cycle between minidit's modules (imports inside functions included), no package that
+imports a package that imports it back, no comparison with a block design's name outside
+minidit/blocks.py, modules short enough to read in one sitting, and every package listed for
+installation."""
 import ast
 import re
 import tomllib
@@ -13,7 +14,7 @@ from minidit.blocks import BLOCK_DESIGNS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minidit"
-MAX_LINES = 320  # "about 300" (STYLE.md); a longer module says why in its docstring
+MAX_LINES = 320  # "about 300" (docs/design.md, "Layout"); a longer module says why in its docstring
 
 
 def _module_name(path):
@@ -65,6 +66,64 @@ def test_no_import_cycle():
         if n not in state:
             visit(n)
     assert graph["minidit.model"] >= {"minidit.blocks", "minidit.layers"}  # the graph is not empty
+
+
+def _unit(module):
+    """The unit a package-level check works on: a subpackage of minidit (minidit.training), or a
+    top-level module (minidit.cli) or the root package itself."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (PACKAGE / parts[1] / "__init__.py").exists():
+        return ".".join(parts[:2])
+    return module
+
+
+def _package_graph(modules):
+    graph = {}
+    for name, path in modules.items():
+        for m in _imports(name, path):
+            if _unit(name) != _unit(m):
+                graph.setdefault(_unit(name), set()).add(_unit(m))
+    return graph
+
+
+def _package_cycle(graph):
+    """A list [a, b, ..., a] of units that import each other round, transitively, or None."""
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = "open"
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == "open":
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = "done"
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_no_package_imports_a_package_that_imports_it_back():
+    graph = _package_graph(MODULES)
+    cycle = _package_cycle(graph)
+    assert cycle is None, "package cycle: " + " -> ".join(cycle)
+    # the split of issue 26: the plumbing imports neither the autoencoder nor the commands built on it
+    assert not graph["minidit.training"] & {"minidit.latent", "minidit.commands"}, graph["minidit.training"]
+    assert graph["minidit.commands"] >= {"minidit.training", "minidit.latent"}  # the graph is not empty
+    print(f"packages and top-level modules: {len(set(graph) | set().union(*graph.values()))}, "
+          f"package-level import edges: {sum(map(len, graph.values()))}, cycles: 0")
+
+
+def test_the_package_check_finds_a_cycle_through_a_third_package():
+    graph = {"minidit.a": {"minidit.b"}, "minidit.b": {"minidit.c", "minidit.cli"}, "minidit.c": {"minidit.a"}}
+    assert _package_cycle(graph) == ["minidit.a", "minidit.b", "minidit.c", "minidit.a"]
+    graph["minidit.c"] = {"minidit.cli"}
+    assert _package_cycle(graph) is None
 
 
 def _design_name_comparisons(path):

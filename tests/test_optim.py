@@ -1,4 +1,4 @@
-"""Tests for minidit.training.optim: AdamW against hand-computed steps and PyTorch, EMA (PAPER.md 4.3)."""
+"""Tests for minidit.training.optim: AdamW against hand-computed steps and PyTorch, EMA (docs/paper.md §4.3)."""
 import math
 
 import numpy as np

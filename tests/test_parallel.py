@@ -8,7 +8,7 @@ from minidit.diffusion import create_diffusion
 from minidit.model import DiT_models, init_params
 from minidit.training.optim import AdamW, init_ema
 from minidit.training.parallel import DataParallel, resolve_workers, shards
-from minidit.training.train import train_step
+from minidit.commands.train import train_step
 
 
 def test_shards_cover_the_batch_once_in_order():
@@ -63,7 +63,7 @@ def test_workers_are_deterministic():
 
 
 def test_sampling_with_workers_matches_one_piece():
-    from minidit.training.sample import generate
+    from minidit.commands.sample import generate
     cfg = DiT_models["minidit-Tiny/4"](depth=1, hidden_size=32, num_heads=2, input_size=8)
     params = init_params(cfg, seed=0, dtype=np.float64)
     r = np.random.default_rng(0)

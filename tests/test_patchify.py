@@ -1,4 +1,4 @@
-"""Patchify equals the official conv (kernel = stride = p), unpatchify follows PAPER.md 1.6,
+"""Patchify equals the official conv (kernel = stride = p), unpatchify follows docs/paper.md §1.6,
 both on a NON-square image so a row/column swap cannot hide; gradient checks (1e-7)."""
 import numpy as np
 import pytest

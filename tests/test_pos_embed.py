@@ -1,5 +1,5 @@
 """The fixed 2-D sin-cos position embedding, checked against entries derived by hand on a
-NON-square grid (PAPER.md 1.2 and pitfall 5.1: the first half encodes the column)."""
+NON-square grid (docs/paper.md §1.2 and pitfall 5.1: the first half encodes the column)."""
 import math
 
 import numpy as np

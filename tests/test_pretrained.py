@@ -176,7 +176,7 @@ def saved(tmp_path_factory, tiny_dit, tiny_vae):
 
 
 def _patched_for_official_math(dit):
-    """diffusers' two deviations from the official DiT (PAPER.md 6.2), undone for the comparison."""
+    """diffusers' two deviations from the official DiT (docs/paper.md §6.2), undone for the comparison."""
     for blk in dit.transformer_blocks:
         blk.norm1.emb.time_proj.downscale_freq_shift = 0
         blk.norm3.eps = 1e-6
@@ -248,7 +248,7 @@ def test_guided_ddim_loop_matches_a_diffusers_reference(saved, tiny_dit):
     """Five DDIM steps with guidance 4 on all latent channels, the loop of diffusers' DiTPipeline
     (DDIMScheduler, eta 0) against minidit's generate() from the same starting noise."""
     from diffusers import DDIMScheduler
-    from minidit.training.sample import generate
+    from minidit.commands.sample import generate
     params, cfg, _ = load_released_dit(saved / "safetensors")
     labels, steps, scale, seed = np.array([3, 7]), 5, 4.0, 11
     ours = generate(params, cfg, labels, steps, "ddim", scale, seed=seed, guidance="all", workers=1)

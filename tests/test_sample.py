@@ -3,7 +3,7 @@ and clear errors (status 2, one line) for bad class ids, guidance, counts and fo
 import numpy as np
 import pytest
 
-from minidit.training import sample, train
+from minidit.commands import sample, train
 
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
         "--image-size", "8", "--num-images", "32", "--batch-size", "8", "--steps", "2",

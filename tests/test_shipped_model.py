@@ -9,7 +9,7 @@ import pytest
 
 from minidit.evaluation.classifier import classify, images_to_input, load_classifier
 from minidit.evaluation.evaluate import DEFAULT_CLASSIFIER, evaluate_samples
-from minidit.training.sample import generate, load_model
+from minidit.commands.sample import generate, load_model
 from minidit.training.viz import to_uint8
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "minidit_shapes32.npz"

@@ -1,4 +1,4 @@
-"""Timestep features (cos first, divisor half, float32; PAPER.md 1.3) against hand-derived
+"""Timestep features (cos first, divisor half, float32; docs/paper.md §1.3) against hand-derived
 values, and a float64 gradient check of the timestep MLP (tolerance 1e-7)."""
 import math
 

@@ -23,7 +23,7 @@ from minidit.diffusion import create_diffusion  # noqa: E402
 from minidit.layers.timestep_embed import timestep_features  # noqa: E402
 from minidit.model import dit_backward, dit_forward, get_config, param_shapes, pos_embed  # noqa: E402
 from minidit.training.optim import AdamW, init_ema  # noqa: E402
-from minidit.training.train import train_step  # noqa: E402
+from minidit.commands.train import train_step  # noqa: E402
 
 CFG = get_config("DiT-S/2", input_size=8, depth=2, hidden_size=64, num_heads=4, num_classes=10,
                  in_channels=4)

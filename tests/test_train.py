@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from minidit.training import train
+from minidit.commands import train
 from minidit.training.checkpoint import checkpoints_of, load_checkpoint
 
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",

@@ -74,3 +74,49 @@ def project_root():
         if (d / "pyproject.toml").exists() and (d / "minidit").is_dir():
             return d
     return Path(__file__).resolve().parents[2]
+
+
+# The first cell of every lesson (issue 26): the device, and the hosted set-up ----------------
+import json  # noqa: E402  (kept with the helpers that use them)
+import re  # noqa: E402
+
+HOSTED_CELL_MARK = "# Set-up: run this cell first."
+SOURCE_LINE = re.compile(r'^MINIDIT_SOURCE = ".*"(.*)$', re.M)
+
+
+def start_lesson(device=None):
+    """Choose the device of the lesson's arrays and say which in one line; the first cell of every
+    notebook calls it. `device`, else the environment variable MINIDIT_DEVICE (the tests set cpu
+    and gpu), else "auto": the GPU when CuPy finds one, the CPU otherwise. The resolved name is also
+    written back to MINIDIT_DEVICE, so that a command the lesson starts uses the same device.
+    Returns "cpu" or "gpu"."""
+    from .. import __version__
+    from ..backend import ENV_VAR, set_device
+    asked = device or os.environ.get(ENV_VAR) or "auto"
+    name = set_device(asked)
+    os.environ[ENV_VAR] = name
+    where = "the GPU (CuPy)" if name == "gpu" else "the CPU (NumPy)"
+    print(f"minidit {__version__}: this lesson runs on {where} ({ENV_VAR}={asked})")
+    return name
+
+
+def set_install_source(source, notebooks=None):
+    """Write `source` (where a hosted notebook gets minidit: a git URL or a folder git can clone) into
+    the MINIDIT_SOURCE line of the first cell of every notebook, so a teacher sets it once for the
+    whole course. Returns the notebooks changed. Outputs stay stripped: only that line changes."""
+    if '"' in source or "\n" in source:
+        raise ValueError(f"not a usable install source: {source!r}")
+    folder = Path(notebooks) if notebooks else project_root() / "notebooks"
+    changed = []
+    for path in sorted(folder.glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        cell = nb["cells"][0] if nb["cells"] else None
+        text = "".join(cell["source"]) if cell else ""
+        if cell is None or cell["cell_type"] != "code" or not text.startswith(HOSTED_CELL_MARK):
+            raise ValueError(f"{path.name}: the first cell is not the set-up cell")
+        new = SOURCE_LINE.sub(lambda m: f'MINIDIT_SOURCE = "{source}"{m.group(1)}', text, count=1)
+        if new != text:
+            cell["source"] = new.splitlines(keepends=True)
+            path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            changed.append(path)
+    return changed

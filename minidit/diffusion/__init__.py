@@ -1,4 +1,4 @@
-"""Gaussian diffusion as DiT uses it (paper section 3.1, PAPER.md 3): the linear schedule and its
+"""Gaussian diffusion as DiT uses it (paper section 3.1, docs/paper.md §3): the linear schedule and its
 respacing (schedule.py), forward noising, the learned-variance reverse process and the DDPM and
 DDIM samplers (gaussian.py), and the hybrid loss L_simple + L_vlb with its gradient (losses.py).
 """

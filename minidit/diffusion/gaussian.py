@@ -1,5 +1,5 @@
 """The Gaussian diffusion process of DiT (ADM/IDDPM code): forward noising q(x_t | x_0) and its
-posterior (PAPER.md 3.1-3.2), the learned-range reverse process (3.5) and the DDPM and DDIM
+posterior (docs/paper.md §3.1-§3.2), the learned-range reverse process (3.5) and the DDPM and DDIM
 samplers (3.6). Schedules and respacing are in schedule.py, the hybrid loss in losses.py.
 """
 import numpy as np
@@ -17,7 +17,7 @@ class GaussianDiffusion:
 
     The index t taken by every method is a position in THIS chain, 0..num_timesteps-1, given
     as an int array of shape (N,) (host or device) or a Python int. The model is always called
-    with the original timestep timestep_map[t] (PAPER.md 3.3). Arrays are NCHW. The tables are
+    with the original timestep timestep_map[t] (docs/paper.md §3.3). Arrays are NCHW. The tables are
     kept where x lives (a copy per device and dtype, made once), so a step on the GPU looks its
     coefficients up on the GPU, without a copy or a sync.
     learn_sigma=True: the model outputs (N, 2C, H, W) = [eps, v] with the LEARNED_RANGE
@@ -38,7 +38,7 @@ class GaussianDiffusion:
         self.alphas_cumprod = np.cumprod(alphas)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
-        # q(x_t | x_0) and x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (PAPER.md 3.1, 3.5)
+        # q(x_t | x_0) and x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (docs/paper.md §3.1, §3.5)
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
@@ -86,7 +86,7 @@ class GaussianDiffusion:
 
         Like the official `_extract_into_tensor`, the float64 table is cast before any arithmetic,
         except that we cast to x's dtype (float32 in training, float64 in gradient checks) where
-        the official code always uses float32 (PAPER.md 3.2, pitfall 10).
+        the official code always uses float32 (docs/paper.md §3.2, pitfall 5.10).
         """
         xp = get_array_module(x)
         key = (name, xp.__name__, np.dtype(x.dtype).str)
@@ -117,7 +117,7 @@ class GaussianDiffusion:
                 self.gather("log_betas", t, x))
 
     def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
-        """The reverse step p(x_{t-1} | x_t) the model output defines (PAPER.md 3.5).
+        """The reverse step p(x_{t-1} | x_t) the model output defines (docs/paper.md §3.5).
 
         model_output: (N, 2C, H, W) = [eps_hat, v] when learn_sigma, else (N, C, H, W) = eps_hat.
         Returns a dict of (N, C, H, W) arrays: mean, variance, log_variance, pred_xstart.
@@ -153,7 +153,7 @@ class GaussianDiffusion:
         return losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss)
 
     def _call_model(self, model_fn, x, t):
-        """model_fn(x, original timesteps as int64 on x's device) (PAPER.md 3.3)."""
+        """model_fn(x, original timesteps as int64 on x's device) (docs/paper.md §3.3)."""
         xp = get_array_module(x)
         key = ("timestep_map", xp.__name__, "int64")
         if key not in self._tables:
@@ -169,7 +169,7 @@ class GaussianDiffusion:
         return rng.normal(x.shape, dtype=x.dtype, device=_device_of(x))
 
     def p_sample(self, model_fn, x, t, clip_denoised=False, noise=None, rng=None):
-        """One ancestral step x_t -> x_{t-1} = mu + 1[t != 0] sigma z (PAPER.md 3.6).
+        """One ancestral step x_t -> x_{t-1} = mu + 1[t != 0] sigma z (docs/paper.md §3.6).
 
         x: (N, C, H, W); t: respaced indices (N,) or an int; z is `noise` if given, else one
         rng.normal(x.shape) drawn after the model call, also at t = 0 (as official), so a seed
@@ -183,7 +183,7 @@ class GaussianDiffusion:
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
     def ddim_sample(self, model_fn, x, t, clip_denoised=False, eta=0.0, noise=None, rng=None):
-        """One DDIM step x_t -> x_{t-1} (PAPER.md 3.6); the learned variance is unused.
+        """One DDIM step x_t -> x_{t-1} (docs/paper.md §3.6); the learned variance is unused.
 
         z is drawn (or taken from `noise`) at every step, even for eta = 0, as official.
         Returns dict(sample, pred_xstart).

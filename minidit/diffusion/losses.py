@@ -1,4 +1,4 @@
-"""DiT's hybrid training loss, L_simple + L_vlb (PAPER.md 3.4; Improved DDPM), with its gradient
+"""DiT's hybrid training loss, L_simple + L_vlb (docs/paper.md §3.4; Improved DDPM), with its gradient
 on the model output written by hand. The variational bound trains only the variance channels v:
 it sees a frozen eps_hat (stop-gradient), so the two terms never send gradient to each other's channels.
 """
@@ -45,7 +45,7 @@ def approx_standard_normal_cdf_grad(x):
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
     """log p(x) per element: the Gaussian N(means, e^(2 log_scales)) integrated over the bin
-    x +- 1/255, with the outer bins open to -inf (x < -0.999) and +inf (x > 0.999) (PAPER.md 3.4).
+    x +- 1/255, with the outer bins open to -inf (x < -0.999) and +inf (x > 0.999) (docs/paper.md §3.4).
     Every log argument is clamped to >= 1e-12. All arrays share one shape.
     """
     xp = get_array_module(x, means)
@@ -91,7 +91,7 @@ def discretized_gaussian_log_likelihood_grad_log_scales(x, means, log_scales):
 
 
 def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None):
-    """The loss DiT trains with (LossType.MSE, PAPER.md 3.4) and its gradient on model_output.
+    """The loss DiT trains with (LossType.MSE, docs/paper.md §3.4) and its gradient on model_output.
 
     model_output: (N, 2C, H, W) = [eps_hat, v] (learn_sigma) or (N, C, H, W) = eps_hat;
     x_start, x_t, noise: (N, C, H, W), with x_t = diffusion.q_sample(x_start, t, noise);

@@ -1,4 +1,4 @@
-"""The noise schedule of DiT and the respacing of its chain (PAPER.md 3.2-3.3): the linear betas of
+"""The noise schedule of DiT and the respacing of its chain (docs/paper.md §3.2-§3.3): the linear betas of
 ADM, the steps a respacing such as "250" or "ddim50" keeps, and `create_diffusion`, which builds
 the (respaced) GaussianDiffusion DiT trains and samples with.
 """
@@ -13,7 +13,7 @@ def get_named_beta_schedule(name, num_diffusion_timesteps):
     """beta_t for t = 0..T-1 of a named schedule; float64 host array of shape (T,)."""
     T = num_diffusion_timesteps
     if name == "linear":
-        # ADM scales the endpoints by 1000/T so that any T traces the same curve (PAPER.md 3.2).
+        # ADM scales the endpoints by 1000/T so that any T traces the same curve (docs/paper.md §3.2).
         scale = 1000 / T
         return np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
     if name == "squaredcos_cap_v2":
@@ -35,7 +35,7 @@ def _parse_count(text, spec):
 
 
 def space_timesteps(num_timesteps, section_counts):
-    """The original timesteps a respacing keeps, ascending (PAPER.md 3.3).
+    """The original timesteps a respacing keeps, ascending (docs/paper.md §3.3).
 
     section_counts: "N", "N,M,..." (or a list of ints): the T steps are cut into equal sections
     (the remainder goes to the first ones) and each section gives its count of steps at a
@@ -73,7 +73,7 @@ def space_timesteps(num_timesteps, section_counts):
 
 def create_diffusion(timestep_respacing="", noise_schedule="linear", learn_sigma=True,
                      diffusion_steps=1000):
-    """DiT's diffusion (PAPER.md 3.1): always respaced, even "" (all steps), like the official code.
+    """DiT's diffusion (docs/paper.md §3.1): always respaced, even "" (all steps), like the official code.
 
     timestep_respacing: "" (all steps), "N", "N,M,..." or "ddimN" (see space_timesteps).
     The betas of the kept steps s_0 < s_1 < ... are recomputed from alpha-bar:

@@ -1,4 +1,4 @@
-"""The paper's section 5 experiments at teaching scale (PAPER.md section 0): block designs,
+"""The paper's section 5 experiments at teaching scale (docs/paper.md §0): block designs,
 model and patch size scaling, and model versus sampling compute, trained on the built-in data
 with the main job's latent recipe and scored on samples with minidit's own classifier (class
 accuracy and a Fréchet distance on its features, FD_minidit_classifier, which is not Inception
@@ -34,10 +34,10 @@ from ..doctor import matmul_gflops
 from ..flops import count_params, gflops, sampling_compute
 from ..latent.autoencoder import load_vae_decoder
 from ..model import DiT_models
-from ..training import train as train_command
+from ..commands import train as train_command
 from ..training.checkpoint import checkpoints_of, find_vae, load_model, shipped_file
 from ..training.data import load_dataset
-from ..training.sample import generate
+from ..commands.sample import generate
 from .classifier import load_classifier
 from .evaluate import DEFAULT_CLASSIFIER, FD_NAME, evaluate_samples
 from .findings import PAPER_BEST, PAPER_WORST, block_design_findings, sampling_findings, scaling_findings
@@ -59,12 +59,12 @@ SIZES = {"XS": (2, 64, 2), "Tiny": (4, 128, 4)}
 # /8, /4 and /2 give 16, 64 and 256 tokens on its 32x32x4 latents.
 PATCHES = (4, 2, 1)
 VAE = "data/vae_shapes32.npz"
-# The main job's recipe (README): latents of the shipped VAE, AdamW at 2e-3 after 100 warm-up
+# The main job's recipe (docs/main_job.md): latents of the shipped VAE, AdamW at 2e-3 after 100 warm-up
 # steps, batch 32, EMA 0.998. One change: the learning rate stays constant after the warm-up, as
 # in the paper, instead of the main job's cosine decay, so that a checkpoint at step s is the same
 # whatever the run's length and the curves "quality over training" mean what they say.
 RECIPE = dict(lr=2e-3, batch=32, ema=0.998, warmup=100)
-# Budgets. Steps from the study in results/experiments-budget/ (README): the best model's unguided
+# Budgets. Steps from the study in results/experiments-budget/ (docs/experiments.md): the best model's unguided
 # class accuracy is clearly above chance (95% interval above 20%) from step 1750; 2000 is the next
 # point of the 500-step evaluation grid. Every evaluation step scores per_class samples of every
 # class, unguided (the curves over training); the last step adds final_per_class samples, unguided

@@ -1,4 +1,4 @@
-"""The verdicts of the section 5 experiments: each of the paper's claims (PAPER.md section 0)
+"""The verdicts of the section 5 experiments: each of the paper's claims (docs/paper.md §0)
 put to the results of minidit.evaluation.experiments and marked "finding" (the intervals
 separate) or "not a finding".
 """

@@ -1,4 +1,4 @@
-"""Latent diffusion's first stage (paper section 3.1, PAPER.md 4.2): a miniature Stable-Diffusion
+"""Latent diffusion's first stage (paper section 3.1, docs/paper.md §4.2): a miniature Stable-Diffusion
 VAE (AutoencoderKL) with its loss and hand-written gradient, and the encoder/decoder objects
 the DiT commands use to train on, and sample from, its latents.
 

@@ -1,5 +1,5 @@
 """The Stable Diffusion VAE (diffusers' AutoencoderKL) from minidit's own layers, forward only
-(PAPER.md 4.2, 6.3): what turns the released DiT's 32x32x4 latents into 256x256 pictures.
+(docs/paper.md §4.2, §6.3): what turns the released DiT's 32x32x4 latents into 256x256 pictures.
 
 It is the big sibling of minidit.latent.vae_blocks (same resnet blocks, GroupNorm 32 with eps
 1e-6, nearest 2x upsampling + 3x3 conv), with what the miniature leaves out: a middle block of

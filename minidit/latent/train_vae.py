@@ -1,4 +1,4 @@
-"""Training the first stage of latent diffusion (paper section 3.1, PAPER.md 4.2): a miniature
+"""Training the first stage of latent diffusion (paper section 3.1, docs/paper.md §4.2): a miniature
 Stable-Diffusion VAE on the built-in data, with AdamW (cosine-decayed lr by default), checkpoints
 that resume bit for bit, and, at the end, the latent scale factor measured on the data, the
 held-out reconstruction PSNR, a picture of reconstructions and the VAE file DiT reads (vae.npz).

@@ -1,4 +1,4 @@
-"""The encoder and decoder of a miniature Stable-Diffusion VAE (paper section 3.1, PAPER.md 4.2),
+"""The encoder and decoder of a miniature Stable-Diffusion VAE (paper section 3.1, docs/paper.md §4.2),
 as forward/backward pairs over a flat parameter dict keyed like diffusers' AutoencoderKL.
 
 Both networks are a flat list of steps, the "plan", built from the config: the same plan

@@ -1,6 +1,6 @@
 """Every differentiable piece of DiT, one concept per file, each forward beside its backward.
 
-Contract (STYLE.md): `out, cache = name_forward(inputs..., params...)` is pure, and
+The layer contract (docs/design.md): `out, cache = name_forward(inputs..., params...)` is pure, and
 `grads... = name_backward(dout, cache)` returns fresh arrays in the order of the inputs.
 """
 from .linear import linear_forward, linear_backward

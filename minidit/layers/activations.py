@@ -6,7 +6,7 @@ import math
 from .. import fused
 from ..backend import cache_blocks, get_array_module
 
-_GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi) of the tanh approximation (PAPER.md 1.5)
+_GELU_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi) of the tanh approximation (docs/paper.md §1.5)
 _GELU_C = 0.044715
 
 

@@ -1,4 +1,4 @@
-"""Multi-head self-attention with a fused qkv projection (timm's Attention, PAPER.md 1.5).
+"""Multi-head self-attention with a fused qkv projection (timm's Attention, docs/paper.md §1.5).
 
 qkv = x @ W_qkv + b splits its 3D outputs as (3, nh, hd): the first D features are q (head
 after head), then k, then v. Each head attends over all tokens with softmax(q k^T / sqrt(hd)),
@@ -59,7 +59,7 @@ def sdpa_backward(dout, cache):
 
 
 def split_heads(x, nh):
-    """(N, T, D) -> (N, nh, T, hd), head-major features as in PAPER.md 1.5."""
+    """(N, T, D) -> (N, nh, T, hd), head-major features as in docs/paper.md §1.5."""
     N, T, D = x.shape
     return x.reshape(N, T, nh, D // nh).transpose(0, 2, 1, 3)
 

@@ -1,5 +1,5 @@
 """2-D convolution, the building block of the autoencoder of latent diffusion (paper section
-3.1, PAPER.md 4.2: the Stable Diffusion VAE is a convolutional network).
+3.1, docs/paper.md §4.2: the Stable Diffusion VAE is a convolutional network).
 
 The convolution is written as one batched matrix product over an im2col view: a strided view
 lays every k x k window of the padded input out as a column (no copy until the matmul needs

@@ -1,5 +1,5 @@
 """Multi-head cross-attention, the conditioning layer of the cross-attention DiT block
-(paper section 3.2, PAPER.md 1.10): queries from the image tokens, keys and values from a
+(paper section 3.2, docs/paper.md §1.10): queries from the image tokens, keys and values from a
 short conditioning sequence (the timestep and label embeddings, length 2).
 
 Unlike self-attention, q, k and v have separate D x D projections, because they read

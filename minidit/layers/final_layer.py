@@ -1,4 +1,4 @@
-"""The final layer of DiT (paper section 3.2 "Transformer decoder", PAPER.md 1.6): LayerNorm,
+"""The final layer of DiT (paper section 3.2 "Transformer decoder", docs/paper.md §1.6): LayerNorm,
 modulated by c in the adaptive designs, then a linear map of each token to p*p*C_out values.
 
 adaptive:  [shift, scale] = silu(c) @ ada_w + ada_b;  out = modulate(LN(x), shift, scale) @ w + b
@@ -14,7 +14,7 @@ from .modulate import modulate_backward, modulate_forward
 
 def final_layer_forward(x, c, w, b, ada_w=None, ada_b=None, eps=1e-6):
     """x (N, T, D), c (N, D); w (D, F), b (F,); ada_w (D, 2D), ada_b (2D,) or None -> (N, T, F)."""
-    h, c_ln = layernorm_forward(x, eps=eps)  # no affine, eps 1e-6 (PAPER.md 1.5)
+    h, c_ln = layernorm_forward(x, eps=eps)  # no affine, eps 1e-6 (docs/paper.md §1.5)
     c_silu = c_mod = c_m = None
     if ada_w is not None:
         sc, c_silu = silu_forward(c)

@@ -1,5 +1,5 @@
 """GroupNorm (Wu & He, 2018), the normalisation of the Stable Diffusion VAE that latent
-diffusion encodes with (paper section 3.1, PAPER.md 4.2): eps 1e-6, affine per channel.
+diffusion encodes with (paper section 3.1, docs/paper.md §4.2): eps 1e-6, affine per channel.
 
 The channels are split into G groups and each (image, group) is normalised over its C/G
 channels and all H x W positions, so the statistics never mix images of a batch.

@@ -1,5 +1,5 @@
 """Label embedder with a learned null class (paper section 3.1 classifier-free guidance,
-PAPER.md 1.4). The table has K + 1 rows when label dropout is used; row K is the "null"
+docs/paper.md §1.4). The table has K + 1 rows when label dropout is used; row K is the "null"
 (unconditional) embedding. Dropout is a separate, explicit step so the forward stays
 deterministic.
 """

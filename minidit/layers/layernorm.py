@@ -1,4 +1,4 @@
-"""LayerNorm over the last (feature) axis; DiT uses eps = 1e-6 and no affine (PAPER.md 1.5).
+"""LayerNorm over the last (feature) axis; DiT uses eps = 1e-6 and no affine (docs/paper.md §1.5).
 
 With affine parameters (gamma, beta) it is the standard ViT LayerNorm, which the in-context
 and cross-attention block designs use.

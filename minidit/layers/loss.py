@@ -1,4 +1,4 @@
-"""Mean squared error, the L_simple term of the DiT loss (paper section 3.1, PAPER.md 3.4): the
+"""Mean squared error, the L_simple term of the DiT loss (paper section 3.1, docs/paper.md §3.4): the
 hybrid loss of minidit.diffusion.losses calls it on the noise channels, per sample."""
 
 

@@ -1,4 +1,4 @@
-"""The transformer MLP of every DiT block (timm's Mlp, PAPER.md 1.5):
+"""The transformer MLP of every DiT block (timm's Mlp, docs/paper.md §1.5):
 fc1 (D -> 4D) -> GELU (tanh approximation) -> fc2 (4D -> D).
 """
 from .activations import gelu_forward, gelu_backward

@@ -1,4 +1,4 @@
-"""adaLN modulation and the gated residual (paper section 3.2, PAPER.md 1.5).
+"""adaLN modulation and the gated residual (paper section 3.2, docs/paper.md §1.5).
 
 modulate(x, shift, scale) = x * (1 + scale) + shift, with one shift and scale per image
 broadcast over the tokens; the "1 +" makes a zero scale the identity. The adaLN-Zero block

@@ -1,10 +1,10 @@
-"""Patchify and unpatchify (paper section 3.2 "Patchify", PAPER.md 1.1 and 1.6).
+"""Patchify and unpatchify (paper section 3.2 "Patchify", docs/paper.md §1.1 and §1.6).
 
 The patch embedding is a linear map of each non-overlapping p x p patch, which equals the
 official Conv2d with kernel = stride = p. A patch is flattened in (channel, row, col) order, "CHW",
 matching the conv weight (D, C, p, p) viewed as (D, C*p*p); tokens run row-major over the
 patch grid. The decoder's output tokens are read the other way, (row, col, channel), "HWC",
-channel fastest (PAPER.md 1.6, pitfall 5), so there are two inverses with different layouts:
+channel fastest (docs/paper.md §1.6, pitfall 5.5), so there are two inverses with different layouts:
 unpatchify_chw undoes patchify, unpatchify_hwc_forward is the official `unpatchify` of the model.
 """
 from .linear import linear_forward, linear_backward

@@ -1,5 +1,5 @@
 """The fixed 2-D sine-cosine position embedding added to the patch tokens (from MAE;
-paper section 3.2 "Patchify", PAPER.md 1.2). It is computed once in float64 and never trained.
+paper section 3.2 "Patchify", docs/paper.md §1.2). It is computed once in float64 and never trained.
 
 Layout per token (row r, column c of the patch grid), four blocks of width D/4:
     [sin(c w), cos(c w), sin(r w), cos(r w)],   w_k = 10000^(-k / (D/4)), k = 0 .. D/4 - 1.

@@ -1,4 +1,4 @@
-"""Timestep embedder (from GLIDE/ADM; paper section 3.2, PAPER.md 1.3): sinusoidal features
+"""Timestep embedder (from GLIDE/ADM; paper section 3.2, docs/paper.md §1.3): sinusoidal features
 of the (possibly fractional) timestep, then Linear(256 -> D) -> SiLU -> Linear(D -> D).
 """
 import math

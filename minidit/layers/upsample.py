@@ -1,5 +1,5 @@
 """Nearest-neighbour 2x upsampling, how the Stable Diffusion VAE decoder doubles the latent's
-resolution before each 3x3 convolution (paper section 3.1, PAPER.md 4.2).
+resolution before each 3x3 convolution (paper section 3.1, docs/paper.md §4.2).
 """
 from ..backend import get_array_module
 

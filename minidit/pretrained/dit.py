@@ -1,4 +1,4 @@
-"""The paper's released DiT weights as minidit parameters (PAPER.md 6.1, 6.2).
+"""The paper's released DiT weights as minidit parameters (docs/paper.md §6.1, §6.2).
 
 Two layouts reach the same official state_dict, which minidit.official.from_official maps into
 our parameters:
@@ -6,7 +6,7 @@ our parameters:
   names), or a checkpoint of the official train.py (its "ema" weights);
 - a diffusers `DiTTransformer2DModel` folder (`transformer/` with config.json), whose names are
   mapped back to the official ones here. The weights are the same numbers; only diffusers' math
-  differs (its timestep frequencies and one LayerNorm eps, PAPER.md 6.2), and minidit runs them
+  differs (its timestep frequencies and one LayerNorm eps, docs/paper.md §6.2), and minidit runs them
   with the official math, which is what they were trained with.
 """
 import re
@@ -34,7 +34,7 @@ def is_diffusers_dit(sd):
 def diffusers_to_official(sd):
     """A diffusers DiTTransformer2DModel state_dict -> the official DiT state_dict (NumPy arrays).
 
-    q, k and v are stacked into the fused qkv (rows q, then k, then v: PAPER.md 1.5); the timestep
+    q, k and v are stacked into the fused qkv (rows q, then k, then v: docs/paper.md §1.5); the timestep
     and label embedders, copied into every block by diffusers, are taken from block 0 (and the
     copies checked equal). The sin-cos table is not saved by diffusers and is rebuilt by minidit.
     """

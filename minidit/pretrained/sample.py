@@ -1,4 +1,4 @@
-"""Sampling the paper's released DiT with minidit's own layers, no PyTorch (PAPER.md 4.4, 6):
+"""Sampling the paper's released DiT with minidit's own layers, no PyTorch (docs/paper.md §4.4, §6):
 
     python -m minidit.pretrained --dit DiT-XL-2-256x256.pt --vae sd-vae-ft-mse --classes 207,360,387
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import set_device, synchronize
 from ..cli import CommandFailed, CommandParser, check_output_file, check_positive, check_range, run_command
 from .vae import load_sd_vae
-from ..training.sample import IMAGE_SUFFIXES, generate, save_adm_npz
+from ..commands.sample import IMAGE_SUFFIXES, generate, save_adm_npz
 from ..training.viz import save_titled_grid, to_uint8
 from .dit import load_released_dit
 

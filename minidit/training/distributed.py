@@ -1,5 +1,5 @@
 """Data-parallel training over processes, on one machine or many: MPI (mpi4py) on CPUs, NCCL
-through CuPy on GPUs. The official train.py does this with PyTorch DDP (PAPER.md 4.3): every
+through CuPy on GPUs. The official train.py does this with PyTorch DDP (docs/paper.md §4.3): every
 rank runs the model on its slice of each batch, the gradients are summed across ranks before the
 optimiser step, and rank 0 alone writes checkpoints and logs.
 

@@ -1,5 +1,5 @@
 """Reading a folder of your own images, one sub-folder per class, prepared as DiT prepares
-ImageNet (PAPER.md 4.1): ADM's center_crop_arr, 8-bit grey or RGB. minidit.training.data turns
+ImageNet (docs/paper.md §4.1): ADM's center_crop_arr, 8-bit grey or RGB. minidit.training.data turns
 what it reads into an ImageDataset (load_image_folder).
 """
 from pathlib import Path
@@ -12,7 +12,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 def center_crop_arr(pil_image, image_size):
-    """ADM's center crop as used by DiT (PAPER.md 4.1); returns an (S, S[, C]) uint8 array.
+    """ADM's center crop as used by DiT (docs/paper.md §4.1); returns an (S, S[, C]) uint8 array.
 
     While the short side is at least twice the target, halve the image with a BOX filter (an
     exact 2x2 average, so large photos are not aliased); then BICUBIC-resize so the short side
@@ -76,7 +76,7 @@ def read_image_folder(root, image_size=32, channels=3):
 
     Class ids follow the sorted folder names; files are read in sorted order, and files without
     an image extension or starting with "." are skipped. Every image goes through center_crop_arr
-    (PAPER.md 4.1). Returns images (N, image_size, image_size, channels) uint8, labels (N,)
+    (docs/paper.md §4.1). Returns images (N, image_size, image_size, channels) uint8, labels (N,)
     int64 and the class names.
     """
     if channels not in (1, 3):

@@ -1,4 +1,4 @@
-"""The optimiser and the weight average of DiT's training recipe (PAPER.md 4.3).
+"""The optimiser and the weight average of DiT's training recipe (docs/paper.md §4.3).
 
 DiT trains with torch.optim.AdamW (lr 1e-4 constant, betas (0.9, 0.999), eps 1e-8, weight decay
 0, so in effect Adam) and keeps an exponential moving average (EMA, decay 0.9999) of the
@@ -144,7 +144,7 @@ def init_ema(params):
 
 
 def ema_update(ema_params, params, decay=0.9999, parallel=None):
-    """ema <- decay * ema + (1 - decay) * param, in place, for every key (PAPER.md 4.3).
+    """ema <- decay * ema + (1 - decay) * param, in place, for every key (docs/paper.md §4.3).
 
     Called after every optimiser step; no warm-up and no bias correction, as in DiT's train.py
     (ema.mul_(decay).add_(param, alpha=1 - decay)). Frozen entries such as pos_embed are

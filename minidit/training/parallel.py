@@ -1,5 +1,5 @@
 """Data parallelism on CPU threads: the analog, on one machine, of the DistributedDataParallel
-training of the official train.py (PAPER.md 4.3), where every GPU runs the model on its own
+training of the official train.py (docs/paper.md §4.3), where every GPU runs the model on its own
 slice of the batch and the gradients are averaged before the optimiser step.
 
 Why threads help a NumPy model: the matrix products already use every core through BLAS, but

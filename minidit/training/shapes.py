@@ -1,6 +1,6 @@
 """The built-in dataset: labelled coloured shapes, drawn procedurally from a seed.
 
-DiT is a class-conditional model (PAPER.md 1.4, 3.1) trained on ImageNet (section 4.1). That is far
+DiT is a class-conditional model (docs/paper.md §1.4, §3.1) trained on ImageNet (section 4.1). That is far
 too big for a laptop, so minidit draws its own small labelled RGB images: 5 shapes x 2 colour
 families = 10 classes, with enough nuisance variation that a model must learn the classes rather
 than memorise pictures. No download and no extra package: the same seed gives the same bytes.

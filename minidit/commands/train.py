@@ -1,4 +1,4 @@
-"""Training DiT (paper section 4, PAPER.md 4.3): uniform timesteps, the hybrid loss, AdamW and an
+"""Training DiT (paper section 4, docs/paper.md §4.3): uniform timesteps, the hybrid loss, AdamW and an
 EMA of the weights, on the built-in data by default, with checkpoints that resume bit for bit.
 
     python -m minidit.train --model minidit-Tiny/4 --steps 2000 --out runs/tiny
@@ -15,14 +15,14 @@ from ..diffusion import create_diffusion
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
-from .checkpoint import load_checkpoint
-from .data import DataLoader, load_dataset
-from .optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
-from .distributed import ProcessGradientSum, make_world, run_ranks
-from .parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
-from .rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
+from ..training.checkpoint import load_checkpoint
+from ..training.data import DataLoader, load_dataset
+from ..training.optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
+from ..training.distributed import ProcessGradientSum, make_world, run_ranks
+from ..training.parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
+from ..training.rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
 from .sample import generate
-from .viz import save_grid, to_uint8
+from ..training.viz import save_grid, to_uint8
 
 
 def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=None, world=None):

@@ -1,4 +1,4 @@
-"""Sampling from a trained minidit checkpoint (PAPER.md 4.4): respaced DDPM or DDIM, with
+"""Sampling from a trained minidit checkpoint (docs/paper.md §4.4): respaced DDPM or DDIM, with
 classifier-free guidance (minidit.guidance), writing a labelled PNG grid and optionally an .npz
 in the format of the ADM evaluation suite (uint8 NHWC images under arr_0, labels under arr_1).
 
@@ -13,9 +13,9 @@ from ..cli import (CommandFailed, CommandParser, atomic_write, check_output_file
 from ..diffusion import create_diffusion
 from ..guidance import make_model_fn
 from ..latent.autoencoder import load_vae_decoder
-from .checkpoint import find_checkpoint, find_vae, load_model
-from .parallel import DataParallel, resolve_workers
-from .viz import save_grid, to_uint8
+from ..training.checkpoint import find_checkpoint, find_vae, load_model
+from ..training.parallel import DataParallel, resolve_workers
+from ..training.viz import save_grid, to_uint8
 
 
 def generate(params, cfg, labels, num_steps=250, sampler="ddpm", guidance_scale=4.0, seed=0,
