@@ -139,6 +139,7 @@ def _transformer_macs(T, D, H):
 
 # adaLN-Zero and adaLN -------------------------------------------------------------------------
 
+# exercise: 3.2 DiT block design
 def adaln_block_forward(P, pre, x, c, num_heads, gated=True):
     """adaLN-Zero (gated=True) or adaLN (gated=False) block. x (N, T, D), c (N, D) -> (N, T, D).
 
@@ -164,6 +165,7 @@ def adaln_block_forward(P, pre, x, c, num_heads, gated=True):
     return out, (pre, gated, c_silu, c_mod, c_ln1, c_m1, c_attn, c_r1, c_ln2, c_m2, c_mlp, c_r2)
 
 
+# exercise: 3.2 DiT block design
 def adaln_block_backward(dout, cache):
     """dout (N, T, D) -> dx (N, T, D), dc (N, D), grads."""
     pre, gated, c_silu, c_mod, c_ln1, c_m1, c_attn, c_r1, c_ln2, c_m2, c_mlp, c_r2 = cache
