@@ -214,6 +214,11 @@ def _clean_notebook(src, dst, teacher):
         if c["cell_type"] == "code":
             c["outputs"], c["execution_count"] = [], None
         cells.append(c)
+    if not teacher:  # one line per unfinished exercise instead of a traceback (minidit.course.notebook)
+        cells.insert(0, {"cell_type": "code", "execution_count": None, "id": "exercise-messages",
+                         "metadata": {"tags": ["exercise-messages"]}, "outputs": [],
+                         "source": ["from minidit.course.notebook import install_exercise_messages\n",
+                                    "install_exercise_messages()  # an unfinished exercise: one line, no traceback"]})
     nb["cells"] = cells
     dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 

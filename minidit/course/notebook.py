@@ -74,3 +74,55 @@ def project_root():
         if (d / "pyproject.toml").exists() and (d / "minidit").is_dir():
             return d
     return Path(__file__).resolve().parents[2]
+
+
+# Exercise messages in a student edition's notebooks ---------------------------------------------
+
+_PENDING = []  # the exercises a cell of this kernel stopped on, in order
+
+
+def exercise_message(error):
+    """One line for an exercise stub's NotImplementedError ("exercise: implement NAME (paper
+    section S); ..."): the function, its file and the exercise; None for any other error."""
+    import re
+    m = re.search(r"exercise: implement (\S+) \(paper section ([^)]*)\)", str(error))
+    if not isinstance(error, NotImplementedError) or m is None:
+        return None
+    name, section = m.group(1), m.group(2)
+    where = ""
+    tb = error.__traceback__
+    while tb is not None:  # the stub's own frame: the file the student writes in
+        if tb.tb_frame.f_code.co_name == name.split(".")[-1]:
+            where = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if where:
+        parts = Path(where).parts
+        where = "/".join(parts[parts.index("minidit"):]) if "minidit" in parts else where
+    if name not in _PENDING:
+        _PENDING.append(name)
+    return (f"exercise not done: {name} in {where or 'minidit'} (exercise {section}); write it, "
+            "then run this cell again")
+
+
+def install_exercise_messages(shell=None):
+    """In a notebook (IPython), replace the traceback of a cell that stops on an unfinished
+    exercise by one line naming the function, its file and the exercise; a later cell that fails
+    while an exercise is pending prints one line "needs exercise NAME" with its own error.
+    Returns True when installed (False outside IPython). Safe to call more than once."""
+    if shell is None:
+        try:
+            shell = get_ipython()  # noqa: F821 - defined inside IPython only
+        except NameError:
+            return False
+
+    def handler(self, etype, value, tb, tb_offset=None):
+        line = exercise_message(value)
+        if line is None and _PENDING:
+            line = (f"needs exercise {', '.join(_PENDING)} (this cell uses what an unfinished exercise "
+                    f"would compute: {etype.__name__}: {str(value).splitlines()[0][:120] if str(value) else ''})")
+        if line is None:
+            return self.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        return [line]
+
+    shell.set_custom_exc((Exception,), handler)
+    return True
