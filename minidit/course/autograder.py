@@ -252,11 +252,14 @@ def _cases_for(name, live, seed):
     return CASES[name](np.random.default_rng(seed), live)
 
 
+_SHARED = {}  # the live objects that no call changes (diffusions, the design), built once
+
+
 def _live():
     from .cases import Collector, setup
-    live = setup()
-    live["hand_over"] = Collector()
-    return live
+    if not _SHARED:
+        _SHARED.update(setup())
+    return dict(_SHARED, hand_over=Collector())
 
 
 def _seed(name):

@@ -195,6 +195,27 @@ def _(rng, live):
             Call((np.array([3.5, 700.0]),), dict(dim=9, max_period=100), names=("features",))]
 
 
+@case("cross_attention_backward")
+def _(rng, live):
+    from ..layers.cross_attention import cross_attention_forward
+    D = 6
+    ws = [a for _ in range(4) for a in (_r(rng, D, D) / 3, _r(rng, D) / 3)]
+    _, cache = cross_attention_forward(_r(rng, 2, 4, D), _r(rng, 2, 2, D), *ws, 2)
+    return [Call((_r(rng, 2, 4, D), cache), names=("dx", "dctx", "dq_w", "dq_b", "dk_w", "dk_b", "dv_w", "dv_b",
+                                                    "dproj_w", "dproj_b"))]
+
+
+@case("final_layer_backward")
+def _(rng, live):
+    from ..layers.final_layer import final_layer_forward
+    D, F = 6, 8
+    _, adaptive = final_layer_forward(_r(rng, 2, 4, D), _r(rng, 2, D), _r(rng, D, F) / 3, _r(rng, F),
+                                      _r(rng, D, 2 * D) / 3, _r(rng, 2 * D))
+    _, plain = final_layer_forward(_r(rng, 2, 4, D), _r(rng, 2, D), _r(rng, D, F) / 3, _r(rng, F))
+    names = ("dx", "dc", "dw", "db", "dada_w", "dada_b")
+    return [Call((_r(rng, 2, 4, F), adaptive), names=names), Call((_r(rng, 2, 4, F), plain), names=names)]
+
+
 # The block and the model ------------------------------------------------------------------------
 
 def _block_params(rng, pre, D, H, gated=True):

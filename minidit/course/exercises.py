@@ -23,8 +23,10 @@ from ..cli import CommandParser, run_command
 from . import autograder
 from .markers import ROOT, find_exercises, find_function, is_stub, select
 
-COPIED = ("minidit", "tests", "notebooks", "benchmarks", "data", "pyproject.toml", "README.md",
+COPIED = ("minidit", "tests", "notebooks", "benchmarks", "docs", "data", "pyproject.toml", "README.md",
           "requirements.txt", "LICENSE")
+# benchmarks/ holds a PyTorch DiT (the parity reference) and docs/ the formulas: only the teacher's edition has them
+TEACHER_ONLY = ("benchmarks", "docs")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")
 
 
@@ -254,6 +256,8 @@ def make(out, only=None, root=ROOT, force=False, teacher=False):
                 if ".ipynb_checkpoints" not in nb.parts:
                     (dst / nb.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
                     _clean_notebook(nb, dst / nb.relative_to(src), teacher)
+        elif name in TEACHER_ONLY and not teacher:
+            continue
         elif src.is_dir():
             shutil.copytree(src, dst, ignore=_IGNORE)
         elif src.exists():
