@@ -107,22 +107,27 @@ def exercise_message(error):
 def install_exercise_messages(shell=None):
     """In a notebook (IPython), replace the traceback of a cell that stops on an unfinished
     exercise by one line naming the function, its file and the exercise; a later cell that fails
-    while an exercise is pending prints one line "needs exercise NAME" with its own error.
-    Returns True when installed (False outside IPython). Safe to call more than once."""
+    while an exercise is pending shows one line "needs exercise NAME" with its own error. Any
+    other error keeps its full traceback. Outside IPython it does nothing; calling it again is
+    harmless. Returns nothing (so that a notebook cell calling it shows nothing)."""
     if shell is None:
         try:
             shell = get_ipython()  # noqa: F821 - defined inside IPython only
         except NameError:
-            return False
+            return
 
     def handler(self, etype, value, tb, tb_offset=None):
+        if issubclass(etype, SyntaxError):
+            self.showsyntaxerror()
+            return None
         line = exercise_message(value)
         if line is None and _PENDING:
+            text = str(value).splitlines()[0][:120] if str(value) else ""
             line = (f"needs exercise {', '.join(_PENDING)} (this cell uses what an unfinished exercise "
-                    f"would compute: {etype.__name__}: {str(value).splitlines()[0][:120] if str(value) else ''})")
-        if line is None:
-            return self.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
-        return [line]
+                    f"would compute: {etype.__name__}: {text})")
+        stb = [line] if line is not None else \
+            self.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        self._showtraceback(etype, value, stb)  # the kernel's error output: one line, or the full one
+        return None
 
     shell.set_custom_exc((Exception,), handler)
-    return True
