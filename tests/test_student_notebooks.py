@@ -18,7 +18,7 @@ from minidit.course.markers import ROOT, find_exercises, find_function, is_stub
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = ["00_backends_and_gradient_checks.ipynb"]
+NOTEBOOKS = ["00_backends_and_gradient_checks.ipynb", "05_diffusion_formulation.ipynb"]
 ONE_LINE = re.compile(r"^(exercise not done: (\S+) in (minidit/\S+\.py) \(exercise [^)]+\); write it, then run "
                       r"this cell again|needs exercise .+)$")
 

@@ -23,7 +23,7 @@ from ..cli import CommandParser, run_command
 from . import autograder
 from .markers import ROOT, find_exercises, find_function, is_stub, select
 
-COPIED = ("minidit", "tests", "notebooks", "benchmarks", "docs", "data", "pyproject.toml", "README.md",
+COPIED = ("minidit", "tests", "notebooks", "benchmarks", "docs", "data", "results", "pyproject.toml", "README.md",
           "requirements.txt", "LICENSE")
 # benchmarks/ holds a PyTorch DiT (the parity reference) and docs/ the formulas: only the teacher's edition has them
 TEACHER_ONLY = ("benchmarks", "docs")
