@@ -1,13 +1,16 @@
-"""Exercises for a course: a student edition of minidit with chosen function bodies removed.
+"""Exercises for a course: student and teacher's editions of minidit, and their autograder.
 
 A comment line `# exercise: <paper section>` directly above a `def` marks that function
-(minidit.course.markers). `make` copies the package and its tests from a source checkout and
+(minidit.course.markers). `make` copies the package and notebooks from a source checkout and
 replaces each marked body by a NotImplementedError naming the section (signature and docstring
-stay); `grade` runs the tests as an autograder (minidit.course.autograder); `restore` puts
-reference bodies back. The markers are the only list.
+stay); it leaves out everything that would give a body away (the fused GPU forms, the
+repository's tests, benchmarks/ with its PyTorch DiT, docs/, notebook outputs and answer cells)
+and stores the autograder's inputs and outputs as numbers. `make --teacher` writes the teacher's
+edition. `grade` grades each exercise alone (minidit.course.autograder); `restore` puts reference
+bodies back. The markers are the only list.
 
     python -m minidit.exercises list
-    python -m minidit.exercises make --out DIR [--only NAME,...]
+    python -m minidit.exercises make --out DIR [--only NAME,...] [--teacher] [--force]
     python -m minidit.exercises grade DIR [-k NAME,...]
     python -m minidit.exercises restore DIR NAME,... | --all
 """
@@ -264,8 +267,7 @@ def make(out, only=None, root=ROOT, force=False, teacher=False):
             shutil.copy2(src, dst)
     if not teacher:
         (out / "minidit" / "fused.py").write_text(STUDENT_FUSED)
-        (out / "minidit" / "course" / "cases.py").exists()  # the case inputs ship; answers are the record
-        autograder.save_record(out / autograder.RECORD_FILE, *record)
+            autograder.save_record(out / autograder.RECORD_FILE, *record)
         for ex in chosen:
             replace_body(out / ex.file, ex.name, stub_body(ex))
     (out / "EXERCISES.md").write_text(_student_sheet(chosen) if not teacher else _teacher_sheet(exercises))
@@ -309,7 +311,7 @@ def restore(edition, names=None, root=ROOT):
     return chosen
 
 
-def grade(edition, names=None, verbose=False, stream=None):
+def grade(edition, names=None, stream=None):
     """Grade the exercises of an edition (default all), each alone; prints the report and returns
     an autograder.GradeReport (exit_code 0 when every chosen exercise passes, else 1).
 
@@ -433,7 +435,6 @@ def main(argv=None):
     gr = sub.add_parser("grade", help="run the autograder on a student edition")
     gr.add_argument("dir")
     gr.add_argument("-k", dest="only", help="comma-separated exercises or file stems to grade (default all)")
-    gr.add_argument("-v", "--verbose", action="store_true", help="also print pytest's own output")
     rs = sub.add_parser("restore", help="put reference bodies back into a student edition")
     rs.add_argument("dir")
     rs.add_argument("names", nargs="?", help="comma-separated exercises or file stems")
@@ -457,7 +458,7 @@ def _run(ap, a):
                   f"grade it with: python -m minidit.exercises grade {a.out}")
     elif a.cmd == "grade":
         _check_edition(a.dir)
-        return grade(a.dir, _names(a.only), verbose=a.verbose).exit_code
+        return grade(a.dir, _names(a.only)).exit_code
     else:
         if not a.names and not a.all:
             ap.error("restore needs exercise names or --all")
