@@ -267,7 +267,7 @@ def make(out, only=None, root=ROOT, force=False, teacher=False):
             shutil.copy2(src, dst)
     if not teacher:
         (out / "minidit" / "fused.py").write_text(STUDENT_FUSED)
-            autograder.save_record(out / autograder.RECORD_FILE, *record)
+        autograder.save_record(out / autograder.RECORD_FILE, *record)
         for ex in chosen:
             replace_body(out / ex.file, ex.name, stub_body(ex))
     (out / "EXERCISES.md").write_text(_student_sheet(chosen) if not teacher else _teacher_sheet(exercises))
