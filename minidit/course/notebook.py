@@ -1,7 +1,8 @@
 """Helpers the notebooks share: showing a library function's source (a lesson displays the tested
 code, never a re-typed copy), turning model-space images into pictures, laying samples out in a
 mosaic, the synthetic test picture of the patchify and attention lessons, and where the
-project's committed results are. Display only: nothing here is part of DiT.
+project's committed results are, and install_exercise_messages (a student edition's unfinished
+exercise as one line instead of a traceback). Display only: nothing here is part of DiT.
 """
 import inspect
 import os
