@@ -260,8 +260,9 @@ def checkout(tmp_path):
     shutil.copy(ROOT / "tests" / "test_linear.py", root / "tests")
     shutil.copy(ROOT / "pyproject.toml", root)
     (root / "notebooks").mkdir()
-    cell = lambda kind, text, tags=(): {"cell_type": kind, "metadata": {"tags": list(tags)}, "source": [text],  # noqa: E731
-                                       **({"outputs": [], "execution_count": None} if kind == "code" else {})}
+    def cell(kind, text, tags=()):
+        return {"cell_type": kind, "metadata": {"tags": list(tags)}, "source": [text],
+                **({"outputs": [], "execution_count": None} if kind == "code" else {})}
     nb = {"cells": [cell("markdown", "**Question.** Why is the gate zero at initialisation?"),
                     cell("markdown", "**Answer.** So that every block starts as the identity.", ["answer"]),
                     cell("code", "print(1)")], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}

@@ -2,11 +2,12 @@
 unfinished exercise shows one line naming the function, its file and the exercise (and cells after
 it one line "needs exercise ..."), and nothing else fails; after `restore --all` they run clean.
 
-Notebook 00 is run in both states: it calls the layer exercises (linear, LayerNorm, GELU) that
-most of the other notebooks build on, and runs in seconds in its fast mode; running all twelve
-twice would take minutes on the CI's two cores. tests/test_notebooks.py runs all of them on the
-reference code.
+Notebooks 00 and 05 are run in both states: 00 calls the layer exercises (linear, LayerNorm,
+GELU) that the other notebooks build on, 05 the diffusion ones (q_sample, the posterior, the
+loss); each runs in seconds in its fast mode, while all twelve twice would take minutes on the
+CI's two cores. tests/test_notebooks.py runs all of them on the reference code.
 """
+import ast
 import os
 import re
 
@@ -40,11 +41,10 @@ def _run(edition, name, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_student_notebook_before_and_after_the_exercises(name, tmp_path, monkeypatch):
+    if any(is_stub(find_function(ast.parse((ROOT / e.file).read_text()), e.name)) for e in find_exercises()):
+        pytest.skip("this checkout is a student edition")
     edition = tmp_path / "student"
     exm.make(edition)
-    if any(is_stub(find_function(__import__("ast").parse((ROOT / e.file).read_text()), e.name))
-           for e in find_exercises()):
-        pytest.skip("this checkout is a student edition")
     nb, errors = _run(edition, name, monkeypatch)
     lines = [o.traceback for _, o in errors]
     print(f"{name} before the exercises: {len(errors)} cells stopped, each with one line:")

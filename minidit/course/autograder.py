@@ -172,9 +172,8 @@ def _describe_args(args, kwargs):
             return f"array{tuple(a.shape)}"
         if isinstance(a, (tuple, list, dict)):
             return f"{type(a).__name__}({len(a)})"
-        if callable(a) or hasattr(a, "__dict__"):
-            return type(a).__name__ if not callable(a) or hasattr(a, "__call__") and not hasattr(a, "__name__") \
-                else getattr(a, "__name__", type(a).__name__)
+        if callable(a) or hasattr(a, "__dict__"):  # a live object: its name or its type
+            return getattr(a, "__name__", type(a).__name__)
         return repr(a)
     return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
 
@@ -433,7 +432,8 @@ def grade_one(ex, student_fn, bindings, skel, arrays, root):
             if diff:
                 first = diff[0].split(":")[0]
                 what = _what(first, call)
-                return Verdict("wrong", f"WRONG {what} (case {k + 1} of {len(rec['calls'])})", [f"{head}:", *("  " + d for d in diff)])
+                return Verdict("wrong", f"WRONG {what} (case {k + 1} of {len(rec['calls'])})",
+                               [f"{head}:", *("  " + d for d in diff)])
     finally:
         undo()
     return Verdict("pass", f"passes ({len(rec['calls'])} case{'s' if len(rec['calls']) > 1 else ''})")

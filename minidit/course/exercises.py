@@ -163,8 +163,10 @@ def _check_out(out, root, force):
     """Refuse an --out that would touch the source checkout or anything that make did not write."""
     out_r, root_r = out.resolve(), root.resolve()
     if _inside(out_r, root_r) or _inside(root_r, out_r):
-        raise ValueError(f"--out {out} is {'the source checkout' if out_r == root_r else 'inside the source checkout' if _inside(out_r, root_r) else 'a folder that contains the source checkout'} "
-                         f"{root}: give a folder outside it (make never writes into its own source)")
+        what = ("the source checkout" if out_r == root_r else "inside the source checkout"
+                if _inside(out_r, root_r) else "a folder that contains the source checkout")
+        raise ValueError(f"--out {out} is {what} {root}: give a folder outside it "
+                         "(make never writes into its own source)")
     import minidit
     pkg = Path(minidit.__file__).resolve().parent.parent
     if _inside(pkg, out_r):
@@ -428,7 +430,8 @@ def main(argv=None):
     mk.add_argument("--only", help="comma-separated exercises or file stems to remove (default all; '' none)")
     mk.add_argument("--list", action="store_true", help="print the exercises and exit")
     mk.add_argument("--force", action="store_true",
-                    help="replace an edition make wrote in --out (refused if a file there is not make's or was changed)")
+                    help="replace an edition make wrote in --out (refused if a file there is not "
+                         "make's or was changed)")
     mk.add_argument("--teacher", action="store_true",
                     help="write the teacher's edition: reference bodies, the tests, notebooks with answer cells")
     mk.add_argument("--src", default=ROOT, help="source checkout to copy (default: this one)")
