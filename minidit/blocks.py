@@ -139,12 +139,19 @@ def _transformer_macs(T, D, H):
 
 # adaLN-Zero and adaLN -------------------------------------------------------------------------
 
+# exercise: 3.2 DiT block design
 def adaln_block_forward(P, pre, x, c, num_heads, gated=True):
     """adaLN-Zero (gated=True) or adaLN (gated=False) block. x (N, T, D), c (N, D) -> (N, T, D).
 
     adaLN-Zero:  x = x + gate_msa * attn(modulate(LN(x), shift_msa, scale_msa))
                  x = x + gate_mlp * mlp(modulate(LN(x), shift_mlp, scale_mlp))
     adaLN drops the two gates (plain residuals) and regresses 4 vectors instead of 6.
+    The modulation is silu(c) @ W + b with W = P[pre + "adaLN_modulation.1.w"], split into
+    (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) (adaLN: no gates); LN is
+    layernorm_forward(., eps=LN_EPS) without affine; attn and mlp are the block's attention_forward
+    and mlp_forward with P[pre + "attn.qkv.w"], ... (the helpers _attn and _mlp).
+    Returns out and cache = (pre, gated, c_silu, c_mod, c_ln1, c_m1, c_attn, c_r1, c_ln2, c_m2,
+    c_mlp, c_r2): the caches of the calls in forward order (c_r1 and c_r2 are None for adaLN).
     """
     xp = get_array_module(x)
     sc, c_silu = silu_forward(c)  # each block applies its own SiLU to c
@@ -164,8 +171,10 @@ def adaln_block_forward(P, pre, x, c, num_heads, gated=True):
     return out, (pre, gated, c_silu, c_mod, c_ln1, c_m1, c_attn, c_r1, c_ln2, c_m2, c_mlp, c_r2)
 
 
+# exercise: 3.2 DiT block design
 def adaln_block_backward(dout, cache):
-    """dout (N, T, D) -> dx (N, T, D), dc (N, D), grads."""
+    """dout (N, T, D) -> dx (N, T, D), dc (N, D), grads (a dict keyed like the block's
+    parameters, with the prefix: pre + "attn.qkv.w", ..., pre + "adaLN_modulation.1.b")."""
     pre, gated, c_silu, c_mod, c_ln1, c_m1, c_attn, c_r1, c_ln2, c_m2, c_mlp, c_r2 = cache
     xp = get_array_module(dout)
     g = {}

@@ -33,6 +33,20 @@ def forward_with_cfg(params, x, t, y, guidance_scale, cfg, guidance="all"):
     half = x[: x.shape[0] // 2]
     out = dit_apply(params, xp.concatenate([half, half], axis=0), on_device_of(x, t),
                     on_device_of(x, y), cfg)
+    return guided_output(out, guidance_scale, n_guided)
+
+
+# exercise: 3.1 Classifier-free guidance
+def guided_output(out, guidance_scale, n_guided):
+    """The guided output of a doubled batch: out (2n, C_out, I, I) -> (2n, C_out, I, I).
+
+    Rows 0..n-1 of `out` are the conditional predictions, rows n..2n-1 the unconditional ones
+    (the same images and timesteps with the null class). Channels 0..n_guided-1 are guided:
+    eps_hat = eps_u + s (eps_c - eps_u) with s = guidance_scale, written to BOTH halves of the
+    result. The other channels (the variance channels, and under guidance="official" channel 3)
+    are passed through unchanged, row by row. Returns a new array; `out` is not modified.
+    """
+    xp = get_array_module(out)
     eps, rest = out[:, :n_guided], out[:, n_guided:]
     cond_eps, uncond_eps = xp.split(eps, 2, axis=0)
     half_eps = uncond_eps + guidance_scale * (cond_eps - uncond_eps)

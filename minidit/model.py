@@ -277,16 +277,7 @@ def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
         # h = h_all[:, :T]: the conditioning tokens get no gradient from the decoder
         N, T, D = dh.shape
         dh = xp.concatenate([dh, xp.zeros((N, design.extra_tokens, D), dtype=dh.dtype)], axis=1)
-    # cond feeds every block: its gradient is the sum over all of them, accumulated here,
-    # block by block, in reverse order
-    dcond = None
-    for i in reversed(range(cfg.depth)):
-        dh, dcb, gb = design.backward(dh, cache["c_blocks"][i])
-        if release:
-            cache["c_blocks"][i] = None
-        hand_over(gb)
-        if dcb is not None:
-            dcond = dcb if dcond is None else dcond + dcb
+    dh, dcond = blocks_backward(dh, cache["c_blocks"], design, hand_over, release)
     # h_all, cond = condition(h, t_emb, y_emb)
     dh, dt_emb, dy_emb = design.condition_backward(dh, dcond)
     if dc is not None:
@@ -300,6 +291,30 @@ def dit_backward(dout, cache, need_dx=True, release=False, sink=None):
     dx, ge["x_embedder.proj.w"], ge["x_embedder.proj.b"] = patch_embed_backward(dh, cache["c_x"], need_dx)
     hand_over(ge)
     return dx, g
+
+
+# exercise: 3.2 DiT block design
+def blocks_backward(dh, c_blocks, design, hand_over, release=False):
+    """The backward through the stack of blocks: dh (N, T', D) -> (dh (N, T', D), dcond).
+
+    c_blocks: the caches of blocks 0..depth-1, as dit_forward kept them; design: the BlockDesign
+    (design.backward(dout, cache) -> (dx, dcond_block, grads)). The blocks are undone from the
+    last to the first. The conditioning `cond` feeds every block, so its gradient dcond is the
+    SUM of the blocks' dcond_block (None when the design gives None for every block). Each
+    block's grads dict is passed to hand_over(grads) as soon as that block is done, last block
+    first. release=True sets c_blocks[i] = None once block i is done (frees its activations).
+    """
+    # cond feeds every block: its gradient is the sum over all of them, accumulated here,
+    # block by block, in reverse order
+    dcond = None
+    for i in reversed(range(len(c_blocks))):
+        dh, dcb, gb = design.backward(dh, c_blocks[i])
+        if release:
+            c_blocks[i] = None
+        hand_over(gb)
+        if dcb is not None:
+            dcond = dcb if dcond is None else dcond + dcb
+    return dh, dcond
 
 
 def dit_apply(params, x, t, y, cfg):

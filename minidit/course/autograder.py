@@ -1,311 +1,514 @@
-"""The autograder of the exercises (minidit.course.exercises): the repository's own tests, run on a
-student edition, turned into one verdict per exercise: passes, not implemented yet, wrong (which
-gradient check, which input), or waiting on another exercise it calls.
+"""The autograder of the exercises: every exercise graded alone, in this process, against stored
+inputs and outputs, so that one wrong function is reported wrong and nothing else.
 
-`grade` runs pytest in a subprocess with the edition first on PYTHONPATH and this module loaded as
-a pytest plugin. The plugin records, for each test, which exercise functions it called (a trace
-hook) and why it failed: a NotImplementedError from a stub, a gradient check's table
-(GradCheckResult.assert_ok), or any other assertion. `diagnose` then blames each failure on the
-exercise most likely at fault: among the exercises a failing test called, the ones whose tests fail
-most often (a wrong linear_backward also breaks attention's check; attention then waits on it).
+`record()` runs the reference bodies once on the cases of minidit.course.cases and keeps, per
+exercise, its inputs, its outputs and every call it made to another exercise (with that call's
+inputs and outputs). A student edition stores the record as numbers (RECORD_FILE); a source
+checkout records on the fly. `grade_all()` then runs each exercise in turn with every OTHER
+exercise replaced by a replay of its recorded calls: an exercise that calls linear_backward gets
+the reference's answer for the inputs the reference passed, whatever the student's own
+linear_backward does. A call with inputs the reference never passes is the caller's error and is
+reported as such. A wrong result shows which output (for a backward: which input's gradient),
+how many entries differ, where the error is largest, and a few entries expected against computed.
 """
 import ast
+import importlib
 import json
-import linecache
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from collections import Counter
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from .markers import find_exercises, find_function, is_stub, select
+import numpy as np
 
-_REPORT_ENV = "MINIDIT_GRADE_REPORT"  # where the plugin writes its records (JSON)
+from .cases import Call
+from .markers import find_exercises, find_function, is_stub
 
-
-# The pytest plugin (loaded in the subprocess with -p minidit.course.autograder) -------------------------
-
-def pytest_configure(config):
-    """Register the recorder when `grade` asked for a report (a plain `pytest -p` does nothing)."""
-    if os.environ.get(_REPORT_ENV):
-        config.pluginmanager.register(_make_recorder(), "minidit-autograder")
+RECORD_FILE = "minidit/course/exercise_data.npz"  # in a student edition, relative to its root
+STUB_TEXT = "exercise: implement "  # every stub's NotImplementedError starts with this
+RTOL, ATOL = 1e-6, 1e-9
 
 
-def _make_recorder():
-    """A pytest plugin object that records, per test, the exercises called and why it failed."""
-    import pytest
-    import minidit
+class CallMismatch(Exception):
+    """An exercise called another one with inputs the reference never passes."""
 
-    root = Path(minidit.__file__).resolve().parent.parent
-    exercises = find_exercises(root)
-    by_key = {(str((root / e.file).resolve()), e.name): e.name for e in exercises}
-    missing = object()
 
-    class Recorder:
-        def __init__(self):
-            self.records, self.collect_errors, self.calls, self.tick, self.codes = [], [], {}, 0, {}
+# Storing nested values as JSON plus arrays (no pickle) ------------------------------------------
 
-        def exercise_of(self, code):
-            name = self.codes.get(code, missing)
-            if name is missing:
-                name = self.codes[code] = by_key.get((os.path.realpath(code.co_filename), code.co_qualname))
-            return name
+class _Codec:
+    def __init__(self, arrays=None, live=None):
+        self.arrays = {} if arrays is None else arrays
+        self.live = live or {}
+        self._live_ids = {id(v): k for k, v in self.live.items()}
 
-        def trace(self, frame, event, arg):  # sys.settrace: called once per new Python frame
-            name = self.exercise_of(frame.f_code)
-            if name is not None:
-                self.tick += 1
-                self.calls[name] = self.tick  # the latest call of each exercise
+    def enc(self, o):
+        if id(o) in self._live_ids:
+            return {"live": self._live_ids[id(o)]}
+        if isinstance(o, np.ndarray):
+            key = f"a{len(self.arrays)}"
+            self.arrays[key] = np.array(o)
+            return {"a": key}
+        if isinstance(o, np.generic):
+            return {"s": o.item(), "dt": o.dtype.str}
+        if o is None or isinstance(o, (bool, int, float, str)):
+            return {"v": o}
+        if isinstance(o, tuple) and hasattr(o, "_fields"):
+            return {"nt": _class_name(o), "f": [self.enc(v) for v in o]}
+        if isinstance(o, (tuple, list)):
+            return {"t" if isinstance(o, tuple) else "l": [self.enc(v) for v in o]}
+        if isinstance(o, dict):
+            return {"d": [[self.enc(k), self.enc(v)] for k, v in o.items()]}
+        if is_dataclass(o) and not isinstance(o, type):
+            return {"dc": _class_name(o), "f": {f.name: self.enc(getattr(o, f.name)) for f in fields(o)}}
+        raise TypeError(f"the autograder cannot store a {type(o).__name__}")
+
+    def dec(self, s):
+        if "live" in s:
+            return self.live[s["live"]]
+        if "a" in s:
+            return np.array(self.arrays[s["a"]])  # a fresh copy every time
+        if "s" in s:
+            return np.dtype(s["dt"]).type(s["s"])
+        if "v" in s:
+            return s["v"]
+        if "nt" in s:
+            return _load_class(s["nt"])(*[self.dec(v) for v in s["f"]])
+        if "t" in s:
+            return tuple(self.dec(v) for v in s["t"])
+        if "l" in s:
+            return [self.dec(v) for v in s["l"]]
+        if "d" in s:
+            return {self.dec(k): self.dec(v) for k, v in s["d"]}
+        if "dc" in s:
+            return _load_class(s["dc"])(**{k: self.dec(v) for k, v in s["f"].items()})
+        raise ValueError(f"unknown stored value {s!r}")
+
+
+def _class_name(o):
+    return f"{type(o).__module__}:{type(o).__qualname__}"
+
+
+def _load_class(name):
+    module, qualname = name.split(":")
+    if module.split(".")[0] != "minidit":  # only our own classes are ever rebuilt
+        raise ValueError(f"stored data names a class outside minidit: {name}")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# Comparing a computed value with the expected one ------------------------------------------------
+
+def compare(expected, got, where="output"):
+    """None when `got` matches `expected` (arrays to RTOL/ATOL), else a list of message lines."""
+    if isinstance(expected, np.ndarray) or isinstance(got, np.ndarray):
+        try:
+            g = np.asarray(_host(got), dtype=np.float64) if got is not None else None
+        except (TypeError, ValueError):
+            g = None
+        if g is None or not isinstance(expected, np.ndarray):
+            return [f"{where}: expected an array of shape {np.shape(expected)}, computed {_kind(got)}"]
+        e = np.asarray(expected, dtype=np.float64)
+        if g.shape != e.shape:
+            return [f"{where}: expected shape {e.shape}, computed shape {g.shape}"]
+        bad = ~np.isclose(g, e, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(e).max(initial=0))))
+        if not bad.any():
             return None
+        err = np.where(np.isfinite(g), np.abs(g - e), np.inf)
+        worst = np.unravel_index(int(np.argmax(err)), e.shape)
+        lines = [f"{where}: {int(bad.sum())} of {e.size} entries differ; the largest error is at "
+                 f"index {list(map(int, worst))}: expected {e[worst]:.6g}, computed {g[worst]:.6g}"]
+        idx = [tuple(map(int, i)) for i in np.argwhere(bad)[:4]]
+        lines += [f"    {where}[{', '.join(map(str, i))}]: expected {e[i]: .6g}  computed {g[i]: .6g}" for i in idx]
+        return lines
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return [f"{where}: expected a dict with keys {sorted(map(str, expected))}, computed {_kind(got)}"]
+        if set(expected) != set(got):
+            miss, extra = sorted(set(expected) - set(got), key=str), sorted(set(got) - set(expected), key=str)
+            return [f"{where}: keys differ (missing {miss}, unexpected {extra})"]
+        for k in expected:
+            if (r := compare(expected[k], got[k], f"{where}[{k!r}]")):
+                return r
+        return None
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return [f"{where}: expected {len(expected)} values, computed {_kind(got)}"]
+        names = getattr(expected, "_fields", None)
+        for i, (e, g) in enumerate(zip(expected, got)):
+            if (r := compare(e, g, f"{where}.{names[i]}" if names else f"{where}[{i}]")):
+                return r
+        return None
+    if isinstance(expected, (float, np.floating)) and isinstance(got, (int, float, np.number)):
+        return None if np.isclose(float(got), float(expected), rtol=RTOL, atol=ATOL) else \
+            [f"{where}: expected {float(expected):.6g}, computed {float(got):.6g}"]
+    if expected is None or isinstance(expected, (bool, int, str, np.integer, np.bool_)):
+        return None if type(got) is type(expected) and got == expected or \
+            (isinstance(got, (int, np.integer)) and isinstance(expected, (int, np.integer))
+             and not isinstance(got, bool) and got == expected) else \
+            [f"{where}: expected {expected!r}, computed {_kind(got) if got is None else repr(got)[:60]}"]
+    # a live object (a diffusion, a design, a function): the same kind of thing
+    return None if type(got) is type(expected) else [f"{where}: expected {_kind(expected)}, computed {_kind(got)}"]
 
-        @pytest.hookimpl(wrapper=True)
-        def pytest_runtest_call(self, item):
-            self.calls = {}
-            sys.settrace(self.trace)
+
+def _host(x):
+    return x.get() if hasattr(x, "get") and not isinstance(x, (dict, np.ndarray)) else x
+
+
+def _kind(x):
+    if x is None:
+        return "None"
+    if hasattr(x, "shape"):
+        return f"an array of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)}"
+    return f"a {type(x).__name__}"
+
+
+def _describe_args(args, kwargs):
+    def one(a):
+        if hasattr(a, "shape"):
+            return f"array{tuple(a.shape)}"
+        if isinstance(a, (tuple, list, dict)):
+            return f"{type(a).__name__}({len(a)})"
+        if callable(a) or hasattr(a, "__dict__"):  # a live object: its name or its type
+            return getattr(a, "__name__", type(a).__name__)
+        return repr(a)
+    return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
+
+
+# Where each exercise function is bound (so that one can stand in for it everywhere) --------------
+
+def _resolve(ex):
+    obj = importlib.import_module(ex.module)
+    parts = ex.name.split(".")
+    for part in parts[:-1]:
+        obj = getattr(obj, part)
+    return obj, parts[-1]
+
+
+class Bindings:
+    """Every place the imported minidit holds each exercise function: module globals, dicts at
+    module level (registries) and the dataclass objects in them (block designs), class methods."""
+
+    def __init__(self, exercises):
+        self.exercises = {e.name: e for e in exercises}
+        self.original = {}
+        self.places = {n: [] for n in self.exercises}
+        for e in exercises:
+            owner, attr = _resolve(e)
+            self.original[e.name] = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+            if isinstance(owner, type):
+                self.places[e.name].append(("attr", owner, attr))
+        by_id = {id(f): n for n, f in self.original.items() if "." not in n}
+        for mod in [m for k, m in list(sys.modules.items()) if k == "minidit" or k.startswith("minidit.")]:
+            for k, v in list(vars(mod).items()):
+                self._scan(("attr", mod, k), v, by_id, depth=0)
+
+    def _scan(self, place, v, by_id, depth):
+        if id(v) in by_id:
+            self.places[by_id[id(v)]].append(place)
+        elif depth == 0 and isinstance(v, dict):
+            for k, w in list(v.items()):
+                self._scan(("item", v, k), w, by_id, 1)
+        elif depth <= 1 and is_dataclass(v) and not isinstance(v, type):
+            for f in fields(v):
+                self._scan(("frozen", v, f.name), getattr(v, f.name), by_id, depth + 1)
+
+    @staticmethod
+    def _set(place, value):
+        kind, owner, key = place
+        if kind == "item":
+            owner[key] = value
+        elif kind == "frozen":
+            object.__setattr__(owner, key, value)
+        else:
+            setattr(owner, key, value)
+
+    def install(self, replacements):
+        """Put the given functions in place of the named exercises; returns an undo function."""
+        for name, fn in replacements.items():
+            for place in self.places[name]:
+                self._set(place, fn)
+
+        def undo():
+            for name in replacements:
+                for place in self.places[name]:
+                    self._set(place, self.original[name])
+        return undo
+
+    def current(self, name):
+        """The function now bound for an exercise (the student's, in a student edition)."""
+        owner, attr = _resolve(self.exercises[name])
+        return owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+
+
+# Recording the reference -------------------------------------------------------------------------
+
+def _cases_for(name, live, seed):
+    from .cases import CASES
+    return CASES[name](np.random.default_rng(seed), live)
+
+
+_SHARED = {}  # the live objects that no call changes (diffusions, the design), built once
+
+
+def _live():
+    from .cases import Collector, setup
+    if not _SHARED:
+        _SHARED.update(setup())
+    return dict(_SHARED, hand_over=Collector())
+
+
+def _seed(name):
+    return sum(map(ord, name)) * 7919 % (2 ** 31)
+
+
+def record(exercises=None):
+    """Run the reference bodies on every case; returns (skeleton dict, arrays dict) to store."""
+    exercises = exercises or find_exercises_imported()
+    b = Bindings(exercises)
+    arrays, skel = {}, {}
+    for ex in exercises:
+        live = _live()
+        codec = _Codec(arrays, live)
+        calls = _cases_for(ex.name, live, _seed(ex.name))
+        inner = {}
+        depth = [0]
+
+        def recorder(name, fn):
+            def wrapper(*args, **kwargs):
+                if depth[0]:
+                    return fn(*args, **kwargs)
+                depth[0] += 1
+                try:
+                    enc_in = codec.enc([list(args), kwargs])
+                    out = fn(*args, **kwargs)
+                    inner.setdefault(name, []).append([enc_in, codec.enc(out)])
+                    return out
+                finally:
+                    depth[0] -= 1
+            return wrapper
+        entries = []
+        for call in calls:
+            live["hand_over"].groups = []
+            enc_in = codec.enc([list(call.args), call.kwargs])
+            undo = b.install({n: recorder(n, f) for n, f in b.original.items() if n != ex.name})
             try:
-                return (yield)
+                result, error = _invoke(b.original[ex.name], call, live)
             finally:
-                sys.settrace(None)
-
-        @pytest.hookimpl(wrapper=True)
-        def pytest_runtest_makereport(self, item, call):
-            rep = yield
-            if call.when == "call" or (rep.failed and call.when == "setup"):
-                calls = self.calls if call.when == "call" else {}
-                rec = dict(nodeid=item.nodeid, file=Path(item.path).relative_to(root).as_posix(),
-                           outcome=rep.outcome, calls=calls, kind=None)
-                if rep.failed and call.excinfo is not None:
-                    rec.update(self.why(item, call.excinfo))
-                self.records.append(rec)
-            return rep
-
-        def why(self, item, excinfo):
-            frames, tb = [], excinfo.tb
-            while tb is not None:
-                frames.append((tb.tb_frame, tb.tb_lineno))
-                tb = tb.tb_next
-            if isinstance(excinfo.value, NotImplementedError):
-                for frame, _ in reversed(frames):
-                    if (name := self.exercise_of(frame.f_code)) is not None:
-                        return dict(kind="notimpl", notimpl=name)
-            for frame, _ in reversed(frames):
-                res = frame.f_locals.get("self")
-                if frame.f_code.co_name == "assert_ok" and hasattr(res, "rows") and hasattr(res, "tol"):
-                    bad = [r[0] for r in res.rows if r[3] > res.tol]
-                    return dict(kind="gradcheck", what=str(frame.f_locals.get("what", "gradient check")),
-                                bad=bad, worst=max(r[3] for r in res.rows), tol=res.tol, table=str(res))
-            where = source = raised_in = ""
-            for frame, lineno in frames:
-                if os.path.realpath(frame.f_code.co_filename) == os.path.realpath(item.path):
-                    where = f"{Path(item.path).relative_to(root).as_posix()}:{lineno}"
-                    source = linecache.getline(frame.f_code.co_filename, lineno).strip()
-                elif self.exercise_of(frame.f_code) is not None and not isinstance(excinfo.value, AssertionError):
-                    path = Path(os.path.realpath(frame.f_code.co_filename)).relative_to(root).as_posix()
-                    raised_in = (f"{excinfo.type.__name__} raised in {self.exercise_of(frame.f_code)} at "
-                                 f"{path}:{lineno}: {linecache.getline(frame.f_code.co_filename, lineno).strip()}")
-            lines = [ln[:160] for ln in excinfo.exconly(tryshort=True).splitlines() if ln.strip()]
-            return dict(kind="other", where=where, source=source, raised_in=raised_in,
-                        error=excinfo.type.__name__, message="\n".join(lines[:6]))
-
-        def pytest_collectreport(self, report):
-            if report.failed:
-                text = str(report.longrepr).strip().splitlines()
-                self.collect_errors.append(dict(nodeid=report.nodeid, message="\n".join(text[-8:])))
-
-        def pytest_sessionfinish(self, session):
-            with open(os.environ[_REPORT_ENV], "w") as f:
-                json.dump(dict(package=str(Path(minidit.__file__).resolve()), records=self.records,
-                               collect_errors=self.collect_errors), f)
-
-    return Recorder()
+                undo()
+            if error is not None:
+                raise RuntimeError(f"the reference {ex.name} fails its own case: {error}")
+            entries.append(dict(inputs=enc_in, expected=codec.enc(result), names=list(call.names),
+                                inplace=list(call.inplace), raises=list(call.raises),
+                                returns_groups=call.returns_groups))
+        skel[ex.name] = dict(calls=entries, inner=inner)
+    return skel, arrays
 
 
-# Verdicts ----------------------------------------------------------------------------------
+def _invoke(fn, call, live, args=None, kwargs=None):
+    """Run one call; returns (what is graded, None) or (None, the exception)."""
+    args = list(call.args if args is None else args)
+    kwargs = dict(call.kwargs if kwargs is None else kwargs)
+    try:
+        with np.errstate(all="ignore"):
+            out = fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - every error of a student's body is reported
+        if call.raises and type(e).__name__ == call.raises[0] and call.raises[1] in str(e):
+            return ("raised", call.raises[0]), None
+        return None, e
+    if call.raises:
+        return ("returned", "no error"), None
+    if call.inplace:
+        out = tuple(args[i] for i in call.inplace)
+    if call.returns_groups:
+        out = (*out, list(live["hand_over"].groups))
+    return out, None
+
+
+def save_record(path, skel, arrays):
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, __skeleton__=np.array(json.dumps(skel)), **arrays)
+    tmp.replace(path)
+
+
+def load_record(path):
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "__skeleton__"}
+        skel = json.loads(str(z["__skeleton__"]))
+    return skel, arrays
+
+
+def edition_root():
+    """The folder that holds the imported minidit package."""
+    import minidit
+    return Path(minidit.__file__).resolve().parent.parent
+
+
+def find_exercises_imported():
+    return find_exercises(edition_root())
+
+
+# Grading ------------------------------------------------------------------------------------------
 
 @dataclass
 class Verdict:
-    """The autograder's word on one exercise: kind is pass, todo, wrong, waiting, untested or error."""
+    """The autograder's word on one exercise: kind is pass, todo or wrong."""
     kind: str
     summary: str
     details: list = field(default_factory=list)
 
 
-def _short(nodeid):
-    return nodeid.split("::", 1)[-1]
+def _where_raised(e, root):
+    """'file:line: source' of the deepest frame of the traceback inside the minidit package."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if "minidit" in Path(f.filename).parts and "course" not in Path(f.filename).parts]
+    if not frames:
+        return ""
+    f = frames[-1]
+    try:
+        rel = Path(f.filename).resolve().relative_to(root).as_posix()
+    except ValueError:
+        rel = f.filename
+    return f"{rel}:{f.lineno}: {(f.line or '').strip()}"
 
 
-def _why_wrong(rec):
-    if rec["kind"] == "gradcheck":
-        inputs = ", ".join(repr(b) for b in rec["bad"])
-        return (f"WRONG gradient for input {inputs} in check {rec['what']!r}",
-                [f"{rec['nodeid']}: gradient check {rec['what']!r} is wrong for {inputs} "
-                 f"(max rel error {rec['worst']:.1e}, tolerance {rec['tol']:.0e}):",
-                 *("    " + ln for ln in rec["table"].splitlines())])
-    what = "value" if rec["error"] == "AssertionError" else rec["error"]
-    return (f"WRONG {what} in {_short(rec['nodeid'])}",
-            [f"{rec['nodeid']} fails at {rec['where']}: {rec['source']}",
-             *(["  " + rec["raised_in"]] if rec["raised_in"] else []),
-             *("    " + ln for ln in rec["message"].splitlines())])
+def grade_one(ex, student_fn, bindings, skel, arrays, root):
+    """Grade one exercise with every other exercise replayed from the record."""
+    rec = skel.get(ex.name)
+    if rec is None:
+        return Verdict("wrong", "no stored case (regenerate the edition)", [f"{ex.name}: no stored case"])
+    live = _live()
+    codec = _Codec(arrays, live)
+    inner = {n: [(None, c[0], c[1]) for c in calls] for n, calls in rec["inner"].items()}
+
+    def replay(name):
+        def stand_in(*args, **kwargs):
+            entries = inner.get(name, [])
+            closest = None
+            for i, (decoded, enc_in, enc_out) in enumerate(entries):
+                if decoded is None:
+                    decoded = codec.dec(enc_in)
+                    entries[i] = (decoded, enc_in, enc_out)
+                diff = compare(decoded[1], kwargs, "keyword arguments") if set(decoded[1]) == set(kwargs) else \
+                    [f"keyword arguments {sorted(kwargs)} (the reference passes {sorted(decoded[1])})"]
+                diff = diff or compare(tuple(decoded[0]), tuple(args), "arguments")
+                if diff is None:
+                    return codec.dec(enc_out)
+                closest = closest or diff
+            raise CallMismatch(
+                f"{ex.name} called {name}({_describe_args(args, kwargs)}) with inputs the reference "
+                f"never passes it" + (f"; the nearest reference call differs: {closest[0]}" if closest else
+                                      "; the reference does not call it at all"))
+        return stand_in
+
+    undo = bindings.install({n: replay(n) for n in bindings.original if n != ex.name})
+    try:
+        for k, entry in enumerate(rec["calls"]):
+            live["hand_over"].groups = []
+            args, kwargs = codec.dec(entry["inputs"])
+            call = Call(args=(), kwargs={}, names=tuple(entry["names"]), inplace=tuple(entry["inplace"]),
+                        raises=tuple(entry["raises"]), returns_groups=entry["returns_groups"])
+            got, error = _invoke(student_fn, call, live, args, kwargs)
+            head = f"{ex.name}({_describe_args(args, kwargs)})"
+            if error is not None:
+                if isinstance(error, NotImplementedError) and STUB_TEXT in str(error):
+                    return Verdict("todo", "not implemented yet",
+                                   [f"not implemented yet: {ex.name} ({ex.section}) in {ex.file}:{ex.line}"])
+                if isinstance(error, CallMismatch):
+                    return Verdict("wrong", f"WRONG: calls another exercise with wrong inputs (case {k + 1})",
+                                   [f"{head}:", f"  {error}"])
+                where = _where_raised(error, root)
+                return Verdict("wrong", f"WRONG: raises {type(error).__name__} (case {k + 1})",
+                               [f"{head} raised {type(error).__name__}: {str(error)[:200]}",
+                                *([f"  at {where}"] if where else [])])
+            expected = codec.dec(entry["expected"])
+            names = call.names + (("handed over",) if call.returns_groups else ())
+            diff = _compare_outputs(expected, got, names, call)
+            if diff:
+                first = diff[0].split(":")[0]
+                what = _what(first, call)
+                return Verdict("wrong", f"WRONG {what} (case {k + 1} of {len(rec['calls'])})",
+                               [f"{head}:", *("  " + d for d in diff)])
+    finally:
+        undo()
+    return Verdict("pass", f"passes ({len(rec['calls'])} case{'s' if len(rec['calls']) > 1 else ''})")
 
 
-def diagnose(exercises, records, stubs=(), collect_errors=()):
-    """One Verdict per exercise from the test records. `stubs`: exercises whose body is still a stub.
-
-    A failure with a NotImplementedError is the stub's. Any other failure is blamed on the
-    exercises it called that fail most often over all tests (ties kept; for a non-gradient check,
-    the one called last); failures are taken from the fewest suspects up, and one whose suspects
-    include an exercise already blamed is explained by it: the others called there wait on it.
-    """
-    records = [dict(r) for r in records]  # annotated below with their suspects and blame
-    failing = [r for r in records if r["outcome"] == "failed"]
-    todo = set(stubs) | {r["notimpl"] for r in failing if r["kind"] == "notimpl"}
-    ran, failed = Counter(), Counter()
-    for r in records:
-        if r["outcome"] == "passed" or (r["outcome"] == "failed" and r["kind"] != "notimpl"):
-            ran.update(list(r["calls"]))  # count the tests, not the call ticks
-            failed.update(list(r["calls"]) if r["outcome"] == "failed" else [])
-    for r in failing:
-        if r["kind"] == "notimpl":
-            r["blame"] = [r["notimpl"]]
-            continue
-        calls = {n: t for n, t in r["calls"].items() if n not in todo}
-        ratio = {n: failed[n] / ran[n] for n in calls}
-        sus = [n for n in calls if ratio[n] == max(ratio.values())] if calls else []
-        if r["kind"] != "gradcheck" and len(sus) > 1:
-            sus = [max(sus, key=calls.get)]
-        r["suspects"] = sorted(sus, key=calls.get)
-    blamed = {}
-    for r in sorted((r for r in failing if r["kind"] != "notimpl"), key=lambda r: len(r["suspects"])):
-        known = [n for n in r["suspects"] if n in blamed]
-        r["blame"] = known or r["suspects"]
-        for n in [] if known else r["suspects"]:
-            blamed.setdefault(n, []).append(r)
-    bad_files = {e["nodeid"].split("::")[0]: e["message"] for e in collect_errors}
-    verdicts = {}
-    for ex in exercises:
-        used = [r for r in records if ex.name in r["calls"]]
-        n_pass = sum(r["outcome"] == "passed" for r in used)
-        if ex.name in todo:
-            v = Verdict("todo", "not implemented yet",
-                        [f"not implemented yet: {ex.name} ({ex.section}) in {ex.file}:{ex.line}"
-                         + (f", graded by {', '.join(ex.tests)}" if ex.tests else "")])
-        elif ex.name in blamed:
-            first = blamed[ex.name][0]
-            summary, details = _why_wrong(first)
-            also = [_short(r["nodeid"]) + (f" ({', '.join(map(repr, r['bad']))})" if r["kind"] == "gradcheck" else "")
-                    for r in failing if ex.name in r.get("blame", ()) and r is not first]
-            if others := [n for n in first["blame"] if n != ex.name]:
-                details.append(f"  that check also calls {', '.join(others)}: the bug may be there "
-                               "(grade them too to tell which)")
-            if also:
-                details.append(f"  also failing because of it: {', '.join(also)}")
-            v = Verdict("wrong", summary, details)
-        elif hit := ([r for r in failing if ex.name in r["calls"]] if used else
-                     [r for r in failing if r["file"] in ex.tests and r["kind"] == "notimpl"]):
-            on = sorted({n for r in hit for n in r.get("blame", []) if n != ex.name})
-            tests = f"{', '.join(_short(r['nodeid']) for r in hit[:3])}{', ...' if len(hit) > 3 else ''}"
-            v = Verdict("waiting", f"waiting on {', '.join(on) or 'a failing test'}",
-                        [f"{ex.name}: {len(hit)} of the {len(used)} tests that use it fail because of "
-                         f"{', '.join(on) or 'other code'} ({tests})" if used else
-                         f"{ex.name}: not reached yet; {tests} stop at {', '.join(on)}"])
-        elif n_pass:
-            v = Verdict("pass", f"passes ({n_pass} test{'s' if n_pass > 1 else ''})")
-        elif errs := [f for f in ex.tests if f in bad_files]:
-            v = Verdict("error", f"{errs[0]} does not import", [f"{errs[0]}:", *bad_files[errs[0]].splitlines()])
-        else:
-            v = Verdict("untested", "no test called it",
-                        [f"{ex.name}: no test in {', '.join(ex.tests) or 'tests/'} called it"])
-        verdicts[ex.name] = v
-    return verdicts
+def _what(first, call):
+    if call.raises:
+        return "error handling"
+    base = first.split("[")[0].split(".")[0]
+    if base.startswith("d") and len(base) > 1:
+        return f"gradient {base} (of input {base[1:]!r})"
+    return f"value of {base}"
 
 
-# Running and reporting ----------------------------------------------------------------------
+def _compare_outputs(expected, got, names, call):
+    if call.raises:
+        if got != expected:
+            return [f"expected {call.raises[0]} with {call.raises[1]!r} in its message; the function "
+                    f"{'returned without an error' if got[0] == 'returned' else 'raised another error'}"]
+        return None
+    if len(names) > 1 or call.inplace or call.returns_groups:
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return [f"expected {len(expected)} return values ({', '.join(names)}), computed {_kind(got)}"]
+        for n, e, g in zip(names, expected, got):
+            if (r := compare(e, g, n)):
+                return r
+        return None
+    return compare(expected, got, names[0] if names else "output")
+
+
+def grade_all(exercises, names=None, record_data=None, student=None):
+    """Verdicts {name: Verdict} for the chosen exercises of the imported minidit.
+
+    record_data: (skeleton, arrays) from `record`/`load_record`; student: {name: function} to
+    grade instead of the bound ones (the planted-bug test)."""
+    import minidit
+    root = Path(minidit.__file__).resolve().parent.parent
+    bindings = Bindings(exercises)
+    skel, arrays = record_data
+    chosen = [e for e in exercises if names is None or e.name in names]
+    out = {}
+    for ex in chosen:
+        fn = (student or {}).get(ex.name) or bindings.current(ex.name)
+        out[ex.name] = grade_one(ex, fn, bindings, skel, arrays, root)
+    return out
+
+
+# The report ---------------------------------------------------------------------------------------
 
 @dataclass
 class GradeReport:
     verdicts: dict
     text: str
     exit_code: int
-    pytest_output: str = ""
 
 
-def _format(edition, chosen, verdicts, records, collect_errors, seconds):
+def format_report(edition, chosen, verdicts):
     w = max([8] + [len(e.name) for e in chosen])
     s = max([13] + [len(e.section) for e in chosen])
-    n_run = sum(r["outcome"] != "skipped" for r in records)
-    lines = [f"minidit autograder: {edition} ({n_run} tests run in {seconds:.1f} s)", "",
+    lines = [f"minidit autograder: {edition} ({len(chosen)} exercises, each graded alone)", "",
              f"{'exercise':<{w}}  {'paper section':<{s}}  status", f"{'-' * w}  {'-' * s}  {'-' * 40}"]
     lines += [f"{e.name:<{w}}  {e.section:<{s}}  {verdicts[e.name].summary}" for e in chosen]
-    n_ok = sum(v.kind == "pass" for v in verdicts.values())
+    n_ok = sum(verdicts[e.name].kind == "pass" for e in chosen)
     lines += ["", f"{n_ok} of {len(chosen)} exercises pass."]
-    groups = [("wrong", "Wrong (fix these first; the table lists every checked input):", True),
-              ("error", "Cannot be graded:", True),
-              ("todo", "Not implemented yet (write the body, then grade again):", False),
-              ("waiting", "Waiting (their tests also use an exercise above):", False),
-              ("untested", "Not reached by any test:", False)]
-    for kind, title, spaced in groups:
-        vs = [verdicts[e.name] for e in chosen if verdicts[e.name].kind == kind]
-        if vs:
-            lines += ["", title]
-            for v in vs:
-                lines += ([""] if spaced and v is not vs[0] else []) + ["  " + d for d in v.details]
-    stray = [r for r in records if r["outcome"] == "failed" and not r["calls"]]
-    if stray or collect_errors:
-        lines += ["", "Failures not tied to an exercise:"]
-        lines += [f"  {r['nodeid']}: {r.get('message', '').splitlines()[0] if r.get('message') else r['kind']}"
-                  for r in stray]
-        lines += [f"  {c['nodeid']}: {c['message'].splitlines()[-1] if c['message'] else 'error'}"
-                  for c in collect_errors]
+    wrong = [verdicts[e.name] for e in chosen if verdicts[e.name].kind == "wrong"]
+    todo = [verdicts[e.name] for e in chosen if verdicts[e.name].kind == "todo"]
+    if wrong:
+        lines += ["", "Wrong (each graded with the reference answers of every other exercise, so the bug is in it):"]
+        for v in wrong:
+            lines += [""] + ["  " + d for d in v.details]
+    if todo:
+        lines += ["", "Not implemented yet (write the body, then grade again):"]
+        lines += ["  " + v.details[0] for v in todo]
     return "\n".join(lines)
 
 
-def grade(edition, names=None, verbose=False, stream=None):
-    """Run the tests of the chosen exercises (default all) on an edition and print the verdicts.
-
-    Only the test files that grade the chosen exercises run (Exercise.tests: tests/test_linear.py
-    for linear_backward, ...). Returns a GradeReport; exit_code is 0 when every chosen exercise
-    passes, 1 otherwise, 2 when pytest could not run at all.
-    """
-    stream = sys.stdout if stream is None else stream
-    edition = Path(edition).resolve()
-    try:
-        exercises = find_exercises(edition)
-    except SyntaxError as e:
-        text = f"minidit autograder: {e.filename} line {e.lineno} does not parse: {e.msg}"
-        print(text, file=stream)
-        return GradeReport({}, text, 1)
-    chosen = select(exercises, names)
-    files = sorted({f for e in chosen for f in e.tests})
-    stubs = {e.name for e in exercises
-             if is_stub(find_function(ast.parse((edition / e.file).read_text()), e.name))}
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        path = [str(edition)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-        # MINIDIT_FUSED=0: on a GPU the student's body runs, not the library's fused kernel
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1",
-                   MINIDIT_FUSED="0", **{_REPORT_ENV: str(report)})
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "minidit.course.autograder",
-               "-q", "--tb=short", "--continue-on-collection-errors", f"--rootdir={edition}", *files]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=edition, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - t0
-        output = proc.stdout + proc.stderr
-        if not report.exists():
-            text = f"minidit autograder: pytest did not run the tests in {edition}:\n{output[-4000:]}"
-            print(text, file=stream)
-            return GradeReport({}, text, 2, output)
-        data = json.loads(report.read_text())
-    if not data["package"].startswith(str(edition) + os.sep):
-        raise RuntimeError(f"the tests imported minidit from {data['package']}, not from {edition}")
-    verdicts = diagnose(exercises, data["records"], stubs, data["collect_errors"])
-    verdicts = {e.name: verdicts[e.name] for e in chosen}
-    text = _format(edition, chosen, verdicts, data["records"], data["collect_errors"], seconds)
-    if verbose:
-        print(output, file=stream)
-    print(text, file=stream)
-    ok = all(v.kind == "pass" for v in verdicts.values())
-    return GradeReport(verdicts, text, 0 if ok else 1, output)
-
+def stubs_in(root, exercises):
+    return {e.name for e in exercises if is_stub(find_function(ast.parse((Path(root) / e.file).read_text()), e.name))}

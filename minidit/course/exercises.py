@@ -1,17 +1,21 @@
-"""Exercises for a course: a student edition of minidit with chosen function bodies removed.
+"""Exercises for a course: student and teacher's editions of minidit, and their autograder.
 
 A comment line `# exercise: <paper section>` directly above a `def` marks that function
-(minidit.course.markers). `make` copies the package and its tests from a source checkout and
+(minidit.course.markers). `make` copies the package and notebooks from a source checkout and
 replaces each marked body by a NotImplementedError naming the section (signature and docstring
-stay); `grade` runs the tests as an autograder (minidit.course.autograder); `restore` puts
-reference bodies back. The markers are the only list.
+stay); it leaves out everything that would give a body away (the fused GPU forms, the
+repository's tests, benchmarks/ with its PyTorch DiT, docs/, notebook outputs and answer cells)
+and stores the autograder's inputs and outputs as numbers. `make --teacher` writes the teacher's
+edition. `grade` grades each exercise alone (minidit.course.autograder); `restore` puts reference
+bodies back. The markers are the only list.
 
     python -m minidit.exercises list
-    python -m minidit.exercises make --out DIR [--only NAME,...]
+    python -m minidit.exercises make --out DIR [--only NAME,...] [--teacher] [--force]
     python -m minidit.exercises grade DIR [-k NAME,...]
     python -m minidit.exercises restore DIR NAME,... | --all
 """
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -22,8 +26,10 @@ from ..cli import CommandParser, run_command
 from . import autograder
 from .markers import ROOT, find_exercises, find_function, is_stub, select
 
-COPIED = ("minidit", "tests", "notebooks", "benchmarks", "data", "pyproject.toml", "README.md",
+COPIED = ("minidit", "tests", "notebooks", "benchmarks", "docs", "data", "results", "pyproject.toml", "README.md",
           "requirements.txt", "LICENSE")
+# benchmarks/ holds a PyTorch DiT (the parity reference) and docs/ the formulas: only the teacher's edition has them
+TEACHER_ONLY = ("benchmarks", "docs")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")
 
 
@@ -69,7 +75,7 @@ def _literal(s):
 
 def stub_body(ex):
     """The body a student finds in place of the reference: a NotImplementedError naming the section."""
-    where = f"see the docstring and the tests in {ex.tests[0]}" if ex.tests else "see the docstring"
+    where = f"see the docstring; check it with: python -m minidit.exercises grade . -k {ex.name}"
     return (f"raise NotImplementedError(\n"
             f"    {_literal(f'exercise: implement {ex.name} ')}\n"
             f"    {_literal(f'(paper section {ex.section}); ')}\n"
@@ -99,34 +105,197 @@ def check_checkout(root):
     return root
 
 
-def make(out, only=None, root=ROOT, force=False):
-    """Write a student edition to `out`: the package, tests and pyproject.toml, with the bodies of
-    the chosen exercises (default: all; [] gives a full solution edition) replaced by stubs.
-    Returns the exercises removed."""
+MANIFEST = ".minidit-edition.json"  # what `make` wrote: path -> sha256, so --force deletes only that
+_DISPOSABLE = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")  # caches a run leaves, never a student's work
+STUDENT_FUSED = '''"""The fused GPU kernels are not part of the student edition: on a GPU, as on the CPU, the
+functions you write are the ones that run (`enabled` is always False here)."""
+ENV_VAR = "MINIDIT_FUSED"
+
+
+def enabled(x):
+    """Always False in the student edition."""
+    return False
+
+
+def on_gpu(fused_form):
+    """In the student edition the decorated function itself runs everywhere."""
+    def decorate(fn):
+        return fn
+    return decorate
+
+
+def _absent(*args, **kwargs):
+    raise NotImplementedError("the fused GPU forms are not part of the student edition")
+
+
+kernels = gelu_forward = gelu_backward = softmax_backward = layernorm_forward = _absent
+layernorm_backward = modulate_forward = gated_residual_forward = adamw_update = ema_update = _absent
+'''
+STUDENT_TEST = '''"""The exercises, one test each: the autograder grades every exercise alone against stored
+inputs and outputs (minidit/course/exercise_data.npz). `python -m minidit.exercises grade .`
+prints the same verdicts as a table."""
+import pytest
+
+from minidit.course import autograder
+
+EXERCISES = autograder.find_exercises_imported()
+RECORD = autograder.load_record(autograder.edition_root() / autograder.RECORD_FILE)
+
+
+@pytest.mark.parametrize("name", [e.name for e in EXERCISES])
+def test_exercise(name):
+    verdict = autograder.grade_all(EXERCISES, [name], RECORD)[name]
+    assert verdict.kind == "pass", "\\n".join([verdict.summary, *verdict.details])
+'''
+
+
+def _sha(path):
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _inside(a, b):
+    """True when a is b or lies inside b (both resolved)."""
+    return a == b or b in a.parents
+
+
+def _check_out(out, root, force):
+    """Refuse an --out that would touch the source checkout or anything that make did not write."""
+    out_r, root_r = out.resolve(), root.resolve()
+    if _inside(out_r, root_r) or _inside(root_r, out_r):
+        what = ("the source checkout" if out_r == root_r else "inside the source checkout"
+                if _inside(out_r, root_r) else "a folder that contains the source checkout")
+        raise ValueError(f"--out {out} is {what} {root}: give a folder outside it "
+                         "(make never writes into its own source)")
+    import minidit
+    pkg = Path(minidit.__file__).resolve().parent.parent
+    if _inside(pkg, out_r):
+        raise ValueError(f"--out {out} contains the running minidit package ({pkg}): give another folder")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return {}
+    if not force:
+        raise FileExistsError(f"{out} is not empty (use --force to replace an edition that make wrote there)")
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        first = next(iter(sorted(out.iterdir())))
+        raise ValueError(f"--force: {out} holds files that make did not write (first: {first.name}); "
+                         "nothing was deleted")
+    import json
+    try:
+        written = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--force: {manifest} is not a manifest make wrote ({e}); nothing was deleted")
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if any(part in _DISPOSABLE for part in path.relative_to(out).parts) or path.is_dir() or rel == MANIFEST:
+            continue
+        if rel not in written:
+            raise ValueError(f"--force: {out} holds a file that make did not write: {rel}; nothing was deleted")
+        if _sha(path) != written[rel]:
+            raise ValueError(f"--force: {rel} in {out} was changed since make wrote it (a student's work?); "
+                             "nothing was deleted")
+    return written
+
+
+def _remove_written(out, written):
+    for rel in written:
+        (out / rel).unlink(missing_ok=True)
+    for d in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if d.name in _DISPOSABLE:
+            shutil.rmtree(d, ignore_errors=True)
+        elif not any(d.iterdir()):
+            d.rmdir()
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def _clean_notebook(src, dst, teacher):
+    """Copy a notebook without its outputs; the student edition also drops the cells tagged "answer"."""
+    import json
+    nb = json.loads(src.read_text())
+    cells = []
+    for c in nb["cells"]:
+        if not teacher and "answer" in c.get("metadata", {}).get("tags", []):
+            continue
+        if c["cell_type"] == "code":
+            c["outputs"], c["execution_count"] = [], None
+        cells.append(c)
+    if not teacher:  # one line per unfinished exercise instead of a traceback (minidit.course.notebook)
+        cells.insert(0, {"cell_type": "code", "execution_count": None, "id": "exercise-messages",
+                         "metadata": {"tags": ["exercise-messages"]}, "outputs": [],
+                         "source": ["from minidit.course.notebook import install_exercise_messages\n",
+                                    "install_exercise_messages()  # an unfinished exercise: one line, no traceback"]})
+    nb["cells"] = cells
+    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def make(out, only=None, root=ROOT, force=False, teacher=False):
+    """Write a student edition to `out`: the package, notebooks and a test per exercise, with the
+    bodies of the chosen exercises (default: all; [] gives a full solution edition) replaced by
+    stubs, the fused GPU forms left out, notebook outputs and answer cells removed, and the
+    autograder's stored inputs and outputs. teacher=True writes the teacher's edition instead:
+    reference bodies, the repository's tests, and the notebooks with their answer cells.
+    Returns the exercises removed (none for the teacher's edition)."""
     root, out = check_checkout(root), Path(out)
     exercises = find_exercises(root)
-    chosen = select(exercises, only)
+    chosen = [] if teacher else select(exercises, only)
     for ex in exercises:
         if is_stub(find_function(ast.parse((root / ex.file).read_text()), ex.name)):
             raise ValueError(f"{root} is itself a student edition ({ex.name} has no reference body); "
                              "make the edition from the teacher's checkout")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} is not empty (use --force to overwrite its copy of minidit)")
+    old = _check_out(out, root, force)
     _warn_if_dirty(root)
+    record = None if teacher else _record_from(root)
+    if old:
+        _remove_written(out, old)
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         src, dst = root / name, out / name
-        if src.is_dir():
-            shutil.rmtree(dst, ignore_errors=True)
+        if name == "tests" and not teacher:
+            dst.mkdir(exist_ok=True)
+            (dst / "test_exercises_graded.py").write_text(STUDENT_TEST)
+        elif name == "notebooks" and src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.ipynb", *_DISPOSABLE, "*.pyc"))
+            for nb in sorted(src.rglob("*.ipynb")):
+                if ".ipynb_checkpoints" not in nb.parts:
+                    (dst / nb.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                    _clean_notebook(nb, dst / nb.relative_to(src), teacher)
+        elif name in TEACHER_ONLY and not teacher:
+            continue
+        elif src.is_dir():
             shutil.copytree(src, dst, ignore=_IGNORE)
         elif src.exists():
             shutil.copy2(src, dst)
-    for ex in chosen:
-        replace_body(out / ex.file, ex.name, stub_body(ex))
-    (out / "EXERCISES.md").write_text(_student_sheet(chosen))
+    if not teacher:
+        (out / "minidit" / "fused.py").write_text(STUDENT_FUSED)
+        autograder.save_record(out / autograder.RECORD_FILE, *record)
+        for ex in chosen:
+            replace_body(out / ex.file, ex.name, stub_body(ex))
+    (out / "EXERCISES.md").write_text(_student_sheet(chosen) if not teacher else _teacher_sheet(exercises))
+    import json
+    files = {p.relative_to(out).as_posix(): _sha(p) for p in sorted(out.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    (out / MANIFEST).write_text(json.dumps({"kind": "teacher" if teacher else "student", "files": files}, indent=0))
     return chosen
+
+
+def _record_from(root):
+    """The autograder's record of the reference bodies in `root` (in this process when root is the
+    imported package's checkout, else in a subprocess that imports root's minidit)."""
+    import minidit
+    if Path(minidit.__file__).resolve().parent.parent == Path(root).resolve():
+        return autograder.record()
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "record.npz"
+        code = ("import sys; from minidit.course import autograder as a; "
+                "a.save_record(sys.argv[1], *a.record())")
+        r = subprocess.run([sys.executable, "-c", code, str(target)], cwd=root, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(Path(root).resolve())))
+        if r.returncode != 0:
+            raise RuntimeError(f"recording the reference in {root} failed: {r.stderr.strip().splitlines()[-1:]}")
+        return autograder.load_record(target)
 
 
 def restore(edition, names=None, root=ROOT):
@@ -144,28 +313,107 @@ def restore(edition, names=None, root=ROOT):
     return chosen
 
 
-def grade(edition, names=None, verbose=False, stream=None):
-    """Run the autograder on an edition; see minidit.course.autograder.grade."""
-    return autograder.grade(edition, names, verbose=verbose, stream=stream)
+def grade(edition, names=None, stream=None):
+    """Grade the exercises of an edition (default all), each alone; prints the report and returns
+    an autograder.GradeReport (exit_code 0 when every chosen exercise passes, else 1).
+
+    The grading imports the edition's own minidit: in this process when that is the package
+    running, else in one subprocess with the edition first on the path."""
+    stream = sys.stdout if stream is None else stream
+    edition = Path(edition).resolve()
+    import minidit
+    if Path(minidit.__file__).resolve().parent.parent != edition:
+        cmd = [sys.executable, "-m", "minidit.exercises", "grade", str(edition)] + \
+            (["-k", ",".join(names)] if names else [])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(edition)] + (
+            [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])), PYTHONDONTWRITEBYTECODE="1")
+        r = subprocess.run(cmd, cwd=edition, env=env, capture_output=True, text=True)
+        print(r.stdout, end="", file=stream)
+        if r.returncode not in (0, 1):
+            raise RuntimeError(f"the autograder could not run in {edition}: "
+                               f"{(r.stderr.strip().splitlines() or ['no message'])[-1]}")
+        return autograder.GradeReport(_parse_verdicts(r.stdout), r.stdout, r.returncode)
+    exercises = find_exercises(edition)
+    chosen = select(exercises, names)
+    data_file = edition / autograder.RECORD_FILE
+    if data_file.exists():
+        record = autograder.load_record(data_file)
+    elif autograder.stubs_in(edition, exercises):
+        raise ValueError(f"{edition} has no {autograder.RECORD_FILE}: generate the edition again with make")
+    else:
+        record = autograder.record(exercises)  # a source checkout: the reference is here
+    verdicts = autograder.grade_all(exercises, {e.name for e in chosen}, record)
+    text = autograder.format_report(edition, chosen, verdicts)
+    print(text, file=stream)
+    return autograder.GradeReport(verdicts, text, 0 if all(v.kind == "pass" for v in verdicts.values()) else 1)
+
+
+def _parse_verdicts(text):
+    """{name: Verdict} from a printed report (the subprocess case): the status column only."""
+    out = {}
+    rows = text.split("\n\n")[1].splitlines()[2:] if "\n\n" in text else []
+    for line in rows:
+        parts = line.split("  ")
+        name, status = parts[0].strip(), line.rsplit("  ", 1)[-1].strip()
+        kind = "pass" if status.startswith("passes") else "todo" if status.startswith("not implemented") else "wrong"
+        out[name] = autograder.Verdict(kind, status)
+    return out
+
+
+WEEKS = (("Week 1: the transformer (layers, the adaLN-Zero block, the model's backward)", ("3.2",)),
+         ("Week 2: diffusion, sampling, guidance and the training step", ("3.1", "4")))
+
+
+def week_of(ex):
+    """The week of the two-week plan (docs/teachers_guide.md) an exercise belongs to, by its section."""
+    for title, prefixes in WEEKS:
+        if any(ex.section.split(" ")[0] == p or ex.section.startswith(p + " ") for p in prefixes):
+            return title
+    return "Other"
+
+
+def _grouped(exercises):
+    """[(week title, [(section, [exercises])])] in the order of WEEKS, sections in first-seen order."""
+    out = []
+    for title in [w for w, _ in WEEKS] + ["Other"]:
+        sections = {}
+        for e in exercises:
+            if week_of(e) == title:
+                sections.setdefault(e.section, []).append(e)
+        if sections:
+            out.append((title, list(sections.items())))
+    return out
 
 
 def _student_sheet(chosen):
-    rows = "\n".join(f"| `{e.name}` | `{e.file}` | {e.section} | {', '.join(f'`{t}`' for t in e.tests)} |"
-                     for e in chosen)
-    return ("# Exercises\n\nWrite the body of each function below (its docstring says what it takes "
-            "and returns), then run the autograder from this folder:\n\n"
-            "```bash\npython -m minidit.exercises grade .                      # every exercise\n"
-            "python -m minidit.exercises grade . -k linear_backward   # one exercise (or a file: -k linear)\n"
-            "```\n\n| function | file | paper section | tests |\n|---|---|---|---|\n" + rows + "\n")
+    lines = ["# Exercises", "", "Write the body of each function below (its docstring says what it takes "
+             "and returns), then run the autograder from this folder. It grades every exercise alone, "
+             "with the reference answers of all the others, so a verdict is about that function only.", "",
+             "```bash", "python -m minidit.exercises grade .                      # every exercise",
+             "python -m minidit.exercises grade . -k linear_backward   # one exercise (or a file: -k linear)",
+             "```"]
+    for title, sections in _grouped(chosen):
+        lines += ["", f"## {title}", "", "| function | file | paper section |", "|---|---|---|"]
+        lines += [f"| `{e.name}` | `{e.file}` | {s} |" for s, exs in sections for e in exs]
+    return "\n".join(lines) + "\n"
+
+
+def _teacher_sheet(exercises):
+    return ("# Teacher's edition\n\nThe reference bodies of every exercise, the repository's tests and the "
+            "notebooks with their answer cells (tagged \"answer\"). Make the students' folder with "
+            "`python -m minidit.exercises make --out DIR` from a clean checkout; never hand out this one.\n\n"
+            + _student_sheet(exercises).split("\n", 2)[2])
 
 
 def format_list(exercises):
     w = max([8] + [len(e.name) for e in exercises])
     f = max([4] + [len(f"{e.file}:{e.line}") for e in exercises])
-    s = max([13] + [len(e.section) for e in exercises])
-    lines = [f"{'function':<{w}}  {'file':<{f}}  {'paper section':<{s}}  tests"]
-    lines += [f"{e.name:<{w}}  {f'{e.file}:{e.line}':<{f}}  {e.section:<{s}}  {', '.join(e.tests) or '-'}"
-              for e in exercises]
+    lines = []
+    for title, sections in _grouped(exercises):
+        lines += [title]
+        for section, exs in sections:
+            lines += [f"  {section}"]
+            lines += [f"    {e.name:<{w}}  {e.file}:{e.line}" for e in exs]
     return "\n".join(lines) + f"\n{len(exercises)} exercises"
 
 
@@ -181,12 +429,15 @@ def main(argv=None):
     mk.add_argument("--out", help="folder to write (must be empty unless --force)")
     mk.add_argument("--only", help="comma-separated exercises or file stems to remove (default all; '' none)")
     mk.add_argument("--list", action="store_true", help="print the exercises and exit")
-    mk.add_argument("--force", action="store_true", help="overwrite the copy in a non-empty --out")
+    mk.add_argument("--force", action="store_true",
+                    help="replace an edition make wrote in --out (refused if a file there is not "
+                         "make's or was changed)")
+    mk.add_argument("--teacher", action="store_true",
+                    help="write the teacher's edition: reference bodies, the tests, notebooks with answer cells")
     mk.add_argument("--src", default=ROOT, help="source checkout to copy (default: this one)")
     gr = sub.add_parser("grade", help="run the autograder on a student edition")
     gr.add_argument("dir")
     gr.add_argument("-k", dest="only", help="comma-separated exercises or file stems to grade (default all)")
-    gr.add_argument("-v", "--verbose", action="store_true", help="also print pytest's own output")
     rs = sub.add_parser("restore", help="put reference bodies back into a student edition")
     rs.add_argument("dir")
     rs.add_argument("names", nargs="?", help="comma-separated exercises or file stems")
@@ -201,13 +452,16 @@ def _run(ap, a):
     elif a.cmd == "make":
         if not a.out:
             ap.error("make needs --out DIR")
-        chosen = make(a.out, _names(a.only), root=a.src, force=a.force)
-        print(f"wrote a student edition to {a.out} with {len(chosen)} exercises removed:"
-              f" {', '.join(e.name for e in chosen) or '(none)'}\n"
-              f"grade it with: python -m minidit.exercises grade {a.out}")
+        chosen = make(a.out, _names(a.only), root=a.src, force=a.force, teacher=a.teacher)
+        if a.teacher:
+            print(f"wrote the teacher's edition to {a.out} (reference bodies, tests, answer cells)")
+        else:
+            print(f"wrote a student edition to {a.out} with {len(chosen)} exercises removed:"
+                  f" {', '.join(e.name for e in chosen) or '(none)'}\n"
+                  f"grade it with: python -m minidit.exercises grade {a.out}")
     elif a.cmd == "grade":
         _check_edition(a.dir)
-        return grade(a.dir, _names(a.only), verbose=a.verbose).exit_code
+        return grade(a.dir, _names(a.only)).exit_code
     else:
         if not a.names and not a.all:
             ap.error("restore needs exercise names or --all")
@@ -217,12 +471,16 @@ def _run(ap, a):
 
 
 def _check_edition(folder):
-    """ValueError unless `folder` looks like an edition: a folder with minidit/ and tests/."""
+    """ValueError (one line, exit 2) unless `folder` is an edition make wrote or a source checkout."""
     p = Path(folder)
     if not p.is_dir():
         raise ValueError(f"{folder} is not a folder (give the student edition's folder)")
-    if not (p / "minidit").is_dir() or not (p / "tests").is_dir():
-        raise ValueError(f"{folder} is not a student edition: it has no minidit/ and tests/ folders")
+    if (p / MANIFEST).is_file() and (p / "minidit" / "course" / "markers.py").is_file():
+        return
+    if (p / "minidit" / "course" / "markers.py").is_file() and (p / "pyproject.toml").is_file():
+        return  # a source checkout: graded against its own reference bodies
+    raise ValueError(f"{folder} is not a student edition (no {MANIFEST} and no minidit/ package): "
+                     "give the folder that `python -m minidit.exercises make` wrote")
 
 
 if __name__ == "__main__":

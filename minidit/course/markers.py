@@ -1,7 +1,7 @@
 """The exercise markers: a comment line `# exercise: <paper section>` directly above a `def` in the
 library makes that function an exercise (minidit.course.exercises removes its body for students;
-minidit.course.autograder grades it). This module finds the markers and the tests that grade each
-marked function; both tools read it, and neither imports the other's internals.
+minidit.course.autograder grades it on its case in minidit.course.cases). This module finds the
+markers, and the repository's test files that import each marked function; both tools read it.
 """
 import ast
 import re

@@ -1,10 +1,13 @@
 """Helpers the notebooks share: showing a library function's source (a lesson displays the tested
 code, never a re-typed copy), turning model-space images into pictures, laying samples out in a
 mosaic, the synthetic test picture of the patchify and attention lessons, and where the
-project's committed results are. Display only: nothing here is part of DiT.
+project's committed results are, and install_exercise_messages (a student edition's unfinished
+exercise as one line instead of a traceback). Display only: nothing here is part of DiT.
 """
 import inspect
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +79,64 @@ def project_root():
     return Path(__file__).resolve().parents[2]
 
 
+# Exercise messages in a student edition's notebooks ---------------------------------------------
+
+_PENDING = []  # the exercises a cell of this kernel stopped on, in order
+
+
+def exercise_message(error):
+    """One line for an exercise stub's NotImplementedError ("exercise: implement NAME (paper
+    section S); ..."): the function, its file and the exercise; None for any other error."""
+    import re
+    m = re.search(r"exercise: implement (\S+) \(paper section ([^)]*)\)", str(error))
+    if not isinstance(error, NotImplementedError) or m is None:
+        return None
+    name, section = m.group(1), m.group(2)
+    where = ""
+    tb = error.__traceback__
+    while tb is not None:  # the stub's own frame: the file the student writes in
+        if tb.tb_frame.f_code.co_name == name.split(".")[-1]:
+            where = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if where:
+        parts = Path(where).parts
+        where = "/".join(parts[parts.index("minidit"):]) if "minidit" in parts else where
+    if name not in _PENDING:
+        _PENDING.append(name)
+    return (f"exercise not done: {name} in {where or 'minidit'} (exercise {section}); write it, "
+            "then run this cell again")
+
+
+def install_exercise_messages(shell=None):
+    """In a notebook (IPython), replace the traceback of a cell that stops on an unfinished
+    exercise by one line naming the function, its file and the exercise; a later cell that fails
+    while an exercise is pending shows one line "needs exercise NAME" with its own error. Any
+    other error keeps its full traceback. Outside IPython it does nothing; calling it again is
+    harmless. Returns nothing (so that a notebook cell calling it shows nothing)."""
+    if shell is None:
+        try:
+            shell = get_ipython()  # noqa: F821 - defined inside IPython only
+        except NameError:
+            return
+
+    def handler(self, etype, value, tb, tb_offset=None):
+        if issubclass(etype, SyntaxError):
+            self.showsyntaxerror()
+            return None
+        line = exercise_message(value)
+        if line is None and _PENDING:
+            text = str(value).splitlines()[0][:120] if str(value) else ""
+            line = (f"needs exercise {', '.join(_PENDING)} (this cell uses what an unfinished exercise "
+                    f"would compute: {etype.__name__}: {text})")
+        stb = [line] if line is not None else \
+            self.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        self._showtraceback(etype, value, stb)  # the kernel's error output: one line, or the full one
+        return None
+
+    shell.set_custom_exc((Exception,), handler)
+
+
 # The first cell of every lesson (issue 26): the device, and the hosted set-up ----------------
-import json  # noqa: E402  (kept with the helpers that use them)
-import re  # noqa: E402
 
 HOSTED_CELL_MARK = "# Set-up: run this cell first."
 SOURCE_LINE = re.compile(r'^MINIDIT_SOURCE = ".*"(.*)$', re.M)
@@ -95,6 +153,7 @@ def start_lesson(device=None):
     asked = device or os.environ.get(ENV_VAR) or "auto"
     name = set_device(asked)
     os.environ[ENV_VAR] = name
+    install_exercise_messages()  # a student edition: one line for a cell that needs an unfinished exercise
     where = "the GPU (CuPy)" if name == "gpu" else "the CPU (NumPy)"
     print(f"minidit {__version__}: this lesson runs on {where} ({ENV_VAR}={asked})")
     return name

@@ -94,12 +94,14 @@ class GaussianDiffusion:
             self._tables[key] = xp.asarray(getattr(self, name).astype(x.dtype))
         return self._tables[key][t].reshape((-1,) + (1,) * (x.ndim - 1))
 
+    # exercise: 3.1 Preliminaries: diffusion formulation
     def q_sample(self, x_start, t, noise):
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps; all arrays (N, C, H, W)."""
         t = self.indices(t, x_start.shape[0], like=x_start)
         return (self.gather("sqrt_alphas_cumprod", t, x_start) * x_start
                 + self.gather("sqrt_one_minus_alphas_cumprod", t, x_start) * noise)
 
+    # exercise: 3.1 Preliminaries: diffusion formulation
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), each (N, C, H, W)."""
         t = self.indices(t, x_start.shape[0], like=x_start)
@@ -116,6 +118,7 @@ class GaussianDiffusion:
         return (self.gather("posterior_log_variance_clipped", t, x),
                 self.gather("log_betas", t, x))
 
+    # exercise: 3.1 Preliminaries: diffusion formulation
     def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
         """The reverse step p(x_{t-1} | x_t) the model output defines (docs/paper.md §3.5).
 
@@ -168,6 +171,7 @@ class GaussianDiffusion:
             raise ValueError("a sampling step needs noise or an rng (minidit.backend.Generator)")
         return rng.normal(x.shape, dtype=x.dtype, device=_device_of(x))
 
+    # exercise: 3.1 Preliminaries: diffusion formulation
     def p_sample(self, model_fn, x, t, clip_denoised=False, noise=None, rng=None):
         """One ancestral step x_t -> x_{t-1} = mu + 1[t != 0] sigma z (docs/paper.md §3.6).
 
@@ -182,6 +186,7 @@ class GaussianDiffusion:
         sample = out["mean"] + nonzero * get_array_module(x).exp(0.5 * out["log_variance"]) * z
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
+    # exercise: 3.1 Preliminaries: diffusion formulation
     def ddim_sample(self, model_fn, x, t, clip_denoised=False, eta=0.0, noise=None, rng=None):
         """One DDIM step x_t -> x_{t-1} (docs/paper.md §3.6); the learned variance is unused.
 

@@ -104,7 +104,7 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None)
     """
     xp = get_array_module(x_start)
     N, C = x_start.shape[:2]
-    t = diffusion.indices(t, N)  # host or device, as given: see _vb_bits_and_grad
+    t = diffusion.indices(t, N)  # host or device, as given: see vb_bits_and_grad
     if dloss is None:
         dloss = xp.full((N,), 1.0 / N, dtype=x_start.dtype)
     dloss = xp.asarray(dloss).reshape(N)
@@ -115,12 +115,26 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None)
     if not diffusion.learn_sigma:
         return {"loss": mse, "mse": mse, "grad": d_eps}
 
-    vb, d_v = _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss)
+    vb, d_v = vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss)
     return {"loss": mse + vb, "mse": mse, "vb": vb, "grad": xp.concatenate([d_eps, d_v], axis=1)}
 
 
-def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
-    """The L_vlb term per sample (N,) and its gradient on the v channels (N, C, H, W)."""
+# exercise: 3.1 Preliminaries: diffusion formulation
+def vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
+    """The L_vlb term of the hybrid loss per sample, vb (N,), and its gradient d_v (N, C, H, W)
+    on the v channels of model_output (N, 2C, H, W) = [eps_hat, v].
+
+    With the model's reverse step p = diffusion.p_mean_variance(model_output, x_t, t) (mean,
+    log_variance) and the true posterior q = diffusion.q_posterior_mean_variance(x_start, x_t, t),
+    each element's term is normal_kl(q mean, q log-variance, p mean, p log-variance) where t > 0
+    and the decoder NLL -discretized_gaussian_log_likelihood(x_start, p mean, 0.5 p log-variance)
+    where t == 0; vb = the mean of the terms over C, H, W, divided by ln 2 (bits).
+    The gradient treats eps_hat as a constant (stop-gradient: only v gets a gradient), is
+    d sum_n(dloss_n vb_n) / d v, and goes through log_variance = frac max_log + (1 - frac)
+    min_log, frac = (v + 1) / 2, with (min_log, max_log) = diffusion.log_variance_range(t, x_t).
+    t: (N,) indices into this diffusion (NumPy on the host, or on x's device); dloss: (N,).
+    Returns (vb, d_v).
+    """
     xp = get_array_module(x_start)
     axes = tuple(range(1, x_start.ndim))
     M = x_start[0].size  # C*H*W: the means are over these
@@ -155,3 +169,6 @@ def _vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss):
     min_log, max_log = diffusion.log_variance_range(t, x_t)
     d_v = d_log_var * 0.5 * (max_log - min_log)
     return vb, d_v
+
+
+_vb_bits_and_grad = vb_bits_and_grad  # the name notebook 05 shows

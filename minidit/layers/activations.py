@@ -78,8 +78,12 @@ def silu_backward(dout, cache):
     return dout * s * (1.0 + x * (1.0 - s))
 
 
+# exercise: 3.2 DiT block design
 def softmax_forward(x, axis=-1):
-    """Softmax along `axis` (the keys axis in attention). The max is subtracted for stability."""
+    """Softmax along `axis` (the keys axis in attention). The max is subtracted for stability.
+
+    x (...) -> y (same shape, each slice along `axis` sums to 1), cache = (y, axis).
+    """
     xp = get_array_module(x)
     e = x - x.max(axis=axis, keepdims=True)
     xp.exp(e, out=e)

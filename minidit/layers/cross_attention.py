@@ -36,6 +36,7 @@ def cross_attention_forward(x, ctx, q_w, q_b, k_w, k_b, v_w, v_b, proj_w, proj_b
     return out, CrossAttentionCache(c_q, c_k, c_v, c_att, c_proj, num_heads)
 
 
+# exercise: 3.2 DiT block design
 def cross_attention_backward(dout, cache):
     """dout (N, T, D) -> dx, dctx, dq_w, dq_b, dk_w, dk_b, dv_w, dv_b, dproj_w, dproj_b."""
     c_q, c_k, c_v, c_att, c_proj, nh = cache

@@ -25,6 +25,7 @@ def final_layer_forward(x, c, w, b, ada_w=None, ada_b=None, eps=1e-6):
     return out, (c_ln, c_silu, c_mod, c_m, c_lin)
 
 
+# exercise: 3.2 Transformer decoder
 def final_layer_backward(dout, cache):
     """dout (N, T, F) -> dx (N, T, D), dc (N, D) or None, dw, db, dada_w, dada_b (None if plain)."""
     c_ln, c_silu, c_mod, c_m, c_lin = cache

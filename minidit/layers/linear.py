@@ -15,7 +15,11 @@ class LinearCache(NamedTuple):
 
 # exercise: 3.2 DiT block design
 def linear_forward(x, w, b=None):
-    """x (..., Din), w (Din, Dout), b (Dout,) or None -> out (..., Dout), cache."""
+    """x (..., Din), w (Din, Dout), b (Dout,) or None -> out (..., Dout), cache.
+
+    cache = LinearCache(x, w, b is not None). When x's last axis is not Din, raise a ValueError
+    whose message names the mismatch in "features" (e.g. "input has 3 features, weight expects 5").
+    """
     din, dout_ = w.shape
     if x.shape[-1] != din:
         raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {din}")

@@ -11,7 +11,7 @@ from ..backend import get_array_module
 # exercise: 3.2 DiT block design
 @fused.on_gpu(fused.modulate_forward)
 def modulate_forward(x, shift, scale):
-    """x (N, T, D), shift (N, D), scale (N, D) -> out (N, T, D)."""
+    """x (N, T, D), shift (N, D), scale (N, D) -> out (N, T, D), cache = (x, scale)."""
     out = x * (1.0 + scale[:, None, :])
     out += shift[:, None, :]
     return out, (x, scale)

@@ -26,6 +26,43 @@ def _check_like(ref, other, what):
                              f"expected {tuple(a.shape)}")
 
 
+# exercise: 4 Experimental setup
+@fused.on_gpu(fused.adamw_update)  # on a GPU: one fused kernel instead of about twelve
+def adamw_update(p, g, m, v, lr, b1, b2, eps, weight_decay, step_size, bc2_sqrt):
+    """One AdamW update of one parameter, in place (p, m, v are overwritten; returns None).
+
+    p: the parameter, g: its gradient, m and v: the first and second moments (all one shape).
+    With the step's step_size = lr / (1 - b1^step) and bc2_sqrt = sqrt(1 - b2^step):
+        p <- p (1 - lr weight_decay)        (decoupled weight decay, only when weight_decay != 0)
+        m <- b1 m + (1 - b1) g
+        v <- b2 v + (1 - b2) g^2
+        p <- p - step_size m / (sqrt(v) / bc2_sqrt + eps)
+    in this order, as torch.optim.AdamW does.
+    """
+    xp = get_array_module(p)
+    # the same chain on cache-sized pieces of the four arrays (backend.cache_blocks)
+    for p, g, m, v in cache_blocks(p, g, m, v):
+        if weight_decay != 0:
+            p *= 1 - lr * weight_decay   # decoupled decay: shrink the weight itself
+        # m = b1*m + (1-b1)*g, written as torch writes it, m.lerp_(g, 1-b1) = m + (1-b1)(g-m)
+        tmp = xp.subtract(g, m)
+        tmp *= 1 - b1
+        m += tmp
+        # v = b2*v + (1-b2)*g*g   (torch: v.mul_(b2).addcmul_(g, g, value=1-b2))
+        v *= b2
+        xp.multiply(g, 1 - b2, out=tmp)
+        tmp *= g
+        v += tmp
+        # denom = sqrt(v) / sqrt(bias_correction2) + eps
+        denom = xp.sqrt(v)
+        denom /= bc2_sqrt
+        denom += eps
+        # p -= step_size * m / denom   (torch: p.addcdiv_(m, denom, value=-step_size))
+        xp.multiply(m, step_size, out=tmp)
+        tmp /= denom
+        p -= tmp
+
+
 class AdamW:
     """AdamW (Loshchilov & Hutter) with PyTorch's arithmetic, step by step.
 
@@ -58,32 +95,8 @@ class AdamW:
         bias_correction2_sqrt = bias_correction2 ** 0.5
 
         def update(k):
-            xp = get_array_module(params[k])
-            if fused.enabled(params[k]):  # on a GPU: one fused kernel instead of about twelve
-                fused.adamw_update(params[k], grads[k], self.m[k], self.v[k], self.lr, b1, b2, self.eps,
-                                   self.weight_decay, step_size, bias_correction2_sqrt)
-                return
-            # the same chain on cache-sized pieces of the four arrays (backend.cache_blocks)
-            for p, g, m, v in cache_blocks(params[k], grads[k], self.m[k], self.v[k]):
-                if self.weight_decay != 0:
-                    p *= 1 - self.lr * self.weight_decay   # decoupled decay: shrink the weight itself
-                # m = b1*m + (1-b1)*g, written as torch writes it, m.lerp_(g, 1-b1) = m + (1-b1)(g-m)
-                tmp = xp.subtract(g, m)
-                tmp *= 1 - b1
-                m += tmp
-                # v = b2*v + (1-b2)*g*g   (torch: v.mul_(b2).addcmul_(g, g, value=1-b2))
-                v *= b2
-                xp.multiply(g, 1 - b2, out=tmp)
-                tmp *= g
-                v += tmp
-                # denom = sqrt(v) / sqrt(bias_correction2) + eps
-                denom = xp.sqrt(v)
-                denom /= bias_correction2_sqrt
-                denom += self.eps
-                # p -= step_size * m / denom   (torch: p.addcdiv_(m, denom, value=-step_size))
-                xp.multiply(m, step_size, out=tmp)
-                tmp /= denom
-                p -= tmp
+            adamw_update(params[k], grads[k], self.m[k], self.v[k], self.lr, b1, b2, self.eps,
+                         self.weight_decay, step_size, bias_correction2_sqrt)
 
         (parallel or _IN_THIS_THREAD).each(update, list(params))
 
@@ -143,6 +156,17 @@ def init_ema(params):
     return {k: p.copy() for k, p in params.items()}
 
 
+# exercise: 4 Experimental setup
+@fused.on_gpu(fused.ema_update)  # on a GPU: one fused kernel
+def ema_step(e, p, decay):
+    """e <- decay e + (1 - decay) p, in place, for one EMA weight e and its parameter p (same
+    shape); returns None."""
+    xp = get_array_module(e)
+    for e, p in cache_blocks(e, p):
+        e *= decay
+        e += xp.multiply(p, 1 - decay)
+
+
 def ema_update(ema_params, params, decay=0.9999, parallel=None):
     """ema <- decay * ema + (1 - decay) * param, in place, for every key (docs/paper.md §4.3).
 
@@ -153,12 +177,6 @@ def ema_update(ema_params, params, decay=0.9999, parallel=None):
     _check_like(ema_params, params, "ema params")
 
     def update(k):
-        xp = get_array_module(ema_params[k])
-        if fused.enabled(ema_params[k]):  # on a GPU: one fused kernel
-            fused.ema_update(ema_params[k], params[k], decay)
-            return
-        for e, p in cache_blocks(ema_params[k], params[k]):
-            e *= decay
-            e += xp.multiply(p, 1 - decay)
+        ema_step(ema_params[k], params[k], decay)
 
     (parallel or _IN_THIS_THREAD).each(update, list(ema_params))
