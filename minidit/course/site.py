@@ -1,0 +1,203 @@
+"""The course site: the lessons executed once in their full mode (outputs committed in
+docs/lessons/, each copy stamped with a hash of its notebook's cells), and a static site built
+from them with Sphinx and MyST-NB (pip install -e ".[docs]"; nothing is downloaded at build time
+and no notebook is executed by the build). Documentation tooling only: nothing here is part of DiT.
+
+    python -m minidit.course.site execute [--fast] [NAME ...]   # notebooks/ -> docs/lessons/
+    python -m minidit.course.site build --out build/site        # README, docs/*.md, lessons -> HTML
+    python -m minidit.course.site check build/site              # every internal link and image resolves
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+LESSONS = ROOT / "docs" / "lessons"
+INLINE = "module://matplotlib_inline.backend_inline"  # a student's Jupyter: figures become outputs
+
+
+def cells_hash(nb):
+    """sha256 of a notebook's cell types and sources: what the executed copy's outputs belong to."""
+    cells = [[c["cell_type"], c["source"] if isinstance(c["source"], str) else "".join(c["source"])]
+             for c in nb["cells"]]
+    return hashlib.sha256(json.dumps(cells, ensure_ascii=False).encode()).hexdigest()
+
+
+def image_outputs(nb):
+    """The number of image outputs (PNG, JPEG or SVG) in a notebook's code cells."""
+    return sum(1 for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+               if any(k.startswith("image/") for k in o.get("data", {})))
+
+
+def execute(names=(), fast=False, out=LESSONS, timeout=3600):
+    """Run notebooks/<name>.ipynb top to bottom (all of them when names is empty), one at a time, in
+    the full mode (fast: MINIDIT_FAST=1, for trying the machinery only) and write the executed
+    copy, with its source hash and mode in metadata["minidit"], to out/<name>.ipynb (atomically)."""
+    import nbclient
+    import nbformat
+    paths = [NOTEBOOKS / f"{n.removesuffix('.ipynb')}.ipynb" for n in names] or sorted(NOTEBOOKS.glob("*.ipynb"))
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"no such notebook in {NOTEBOOKS}: {', '.join(missing)}")
+    env = {"MPLBACKEND": INLINE, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    saved = {k: os.environ.get(k) for k in (*env, "MINIDIT_FAST")}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    os.environ.pop("MINIDIT_FAST", None) if not fast else os.environ.update(MINIDIT_FAST="1")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            t0 = time.time()
+            nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                    resources={"metadata": {"path": str(path.parent)}}).execute()
+            seconds = time.time() - t0
+            nb.metadata["minidit"] = {"source_hash": cells_hash(nb), "mode": "fast" if fast else "full",
+                                      "device": os.environ.get("MINIDIT_DEVICE", "cpu"), "seconds": round(seconds),
+                                      "executed": time.strftime("%Y-%m-%d", time.gmtime())}
+            tmp = out / f".{path.name}.tmp"
+            nbformat.write(nb, tmp)
+            os.replace(tmp, out / path.name)
+            print(f"{path.stem}: {'fast' if fast else 'full'} mode, {seconds:.0f} s, "
+                  f"{image_outputs(nb)} figure(s) -> {out / path.name}", flush=True)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.update({k: v})
+
+
+CONF = """\
+project = "minidit"
+extensions = ["myst_nb"]
+nb_execution_mode = "off"              # the outputs are the committed executed lessons
+myst_enable_extensions = ["dollarmath", "amsmath"]
+myst_heading_anchors = 4               # README-style links to #a-heading resolve
+html_theme = "alabaster"
+html_theme_options = {"page_width": "1100px"}
+html_sidebars = {"**": ["navigation.html", "searchbox.html"]}
+exclude_patterns = ["_build"]
+suppress_warnings = ["misc.highlighting_failure"]
+"""
+
+
+def stage(dest):
+    """Lay the site's sources out in dest as in the repository (so relative links keep working):
+    README.md as index.md, docs/ (without lessons/), and in notebooks/ the executed copy of each
+    notebook (the stripped notebook, with a warning, where no current executed copy exists).
+    Local files the pages link to (source files, results) are copied too: the site offers them
+    for download."""
+    import nbformat
+    shutil.copytree(ROOT / "docs", dest / "docs", ignore=shutil.ignore_patterns("lessons", ".*"))
+    (dest / "notebooks").mkdir()
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        copy = LESSONS / path.name
+        if not copy.exists():
+            print(f"warning: {path.stem} has no executed copy in docs/lessons: it appears without figures")
+            copy = path
+        elif (nbformat.read(copy, as_version=4).metadata.get("minidit", {}).get("source_hash")
+              != cells_hash(nbformat.read(path, as_version=4))):
+            print(f"warning: docs/lessons/{path.name} is older than the notebook: run "
+                  f"python -m minidit.course.site execute {path.stem}")
+        shutil.copy(copy, dest / "notebooks" / path.name)
+    pages = sorted(p.relative_to(dest).with_suffix("").as_posix() for p in (dest / "docs").rglob("*.md"))
+    toc = "\n\n```{{toctree}}\n:hidden:\n:caption: {}\n:maxdepth: 1\n\n{}\n```\n"
+    index = (ROOT / "README.md").read_text() + toc.format("Lessons", "notebooks/*").replace(
+        ":maxdepth: 1", ":maxdepth: 1\n:glob:") + toc.format("Documentation", "\n".join(pages))
+    (dest / "index.md").write_text(index)
+    for page in [dest / "index.md", *(dest / "docs").rglob("*.md")]:
+        src_dir = ROOT if page.name == "index.md" else ROOT / page.parent.relative_to(dest)
+        for target in re.findall(r"\]\(\s*<?([^)\s>#]+)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            src = (src_dir / unquote(target)).resolve()
+            rel = src.relative_to(ROOT) if src.is_relative_to(ROOT) else None
+            if rel and src.is_file() and not (dest / rel).exists():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dest / rel)
+    (dest / "conf.py").write_text(CONF)
+
+
+def build(out):
+    """Stage the sources in a temporary folder and build the HTML site into `out`; returns the
+    Sphinx warnings (one string each)."""
+    from sphinx.cmd.build import build_main
+    out = Path(out).resolve()
+    with tempfile.TemporaryDirectory(prefix="minidit_site_") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        stage(src)
+        warnings = Path(tmp) / "warnings.txt"
+        rc = build_main(["-b", "html", "-q", "-E", "-w", str(warnings), str(src), str(out)])
+        text = warnings.read_text().replace(str(src) + os.sep, "") if warnings.exists() else ""
+    if rc:
+        raise SystemExit(f"sphinx failed (status {rc}): {text[-2000:]}")
+    return [w for w in text.splitlines() if "WARNING" in w or "ERROR" in w]
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in {"a": ["href"], "img": ["src"], "link": ["href"], "script": ["src"]}.get(tag, []):
+            if a.get(key):
+                self.links.append(a[key])
+
+
+def check_links(site):
+    """(page, link) of every internal link, image, stylesheet or script on the site's HTML pages
+    that does not resolve to a file of the site."""
+    site = Path(site)
+    broken = []
+    for page in sorted(site.rglob("*.html")):
+        parser = _Links()
+        parser.feed(page.read_text(errors="replace"))
+        for link in parser.links:
+            parts = urlsplit(link)
+            if parts.scheme or parts.netloc or not parts.path:
+                continue  # external, or an anchor on the same page
+            target = (page.parent / unquote(parts.path)).resolve()
+            if not (target.is_file() or (target / "index.html").is_file()) or not target.is_relative_to(site.resolve()):
+                broken.append((page.relative_to(site).as_posix(), link))
+    return broken
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minidit.course.site", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("execute", help="run the notebooks and write their executed copies to docs/lessons/")
+    e.add_argument("names", nargs="*", help="notebook names (default: all), e.g. 07_training_recipe")
+    e.add_argument("--fast", action="store_true", help="MINIDIT_FAST=1: to try the machinery; commit full-mode copies only")
+    b = sub.add_parser("build", help="build the static site")
+    b.add_argument("--out", default="build/site", help="output folder (default build/site)")
+    c = sub.add_parser("check", help="check that every internal link and image of a built site resolves")
+    c.add_argument("site", nargs="?", default="build/site")
+    args = p.parse_args(argv)
+    if args.cmd == "execute":
+        execute(args.names, fast=args.fast)
+    elif args.cmd == "build":
+        warnings = build(args.out)
+        print("\n".join(warnings + [f"site: {len(list(Path(args.out).rglob('*.html')))} pages in {args.out} "
+                                    f"({len(warnings)} warnings); open {Path(args.out) / 'index.html'}"]))
+    else:
+        if not Path(args.site, "index.html").is_file():
+            print(f"{args.site} holds no built site (no index.html)", file=sys.stderr)
+            return 2
+        broken = check_links(args.site)
+        print("\n".join(f"{page}: broken link {link}" for page, link in broken) + f"\nbroken links: {len(broken)}")
+        return 1 if broken else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
