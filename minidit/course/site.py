@@ -46,32 +46,25 @@ def execute(names=(), fast=False, out=LESSONS, timeout=3600):
     import nbclient
     import nbformat
     paths = [NOTEBOOKS / f"{n.removesuffix('.ipynb')}.ipynb" for n in names] or sorted(NOTEBOOKS.glob("*.ipynb"))
-    missing = [p.name for p in paths if not p.exists()]
-    if missing:
-        raise SystemExit(f"no such notebook in {NOTEBOOKS}: {', '.join(missing)}")
-    env = {"MPLBACKEND": INLINE, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    saved = {k: os.environ.get(k) for k in (*env, "MINIDIT_FAST")}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    os.environ.pop("MINIDIT_FAST", None) if not fast else os.environ.update(MINIDIT_FAST="1")
+    env = dict(os.environ, MPLBACKEND=INLINE,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("MINIDIT_FAST", None)
+    env.update({"MINIDIT_FAST": "1"} if fast else {})
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        for path in paths:
-            nb = nbformat.read(path, as_version=4)
-            t0 = time.time()
-            nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                    resources={"metadata": {"path": str(path.parent)}}).execute()
-            seconds = time.time() - t0
-            nb.metadata["minidit"] = {"source_hash": cells_hash(nb), "mode": "fast" if fast else "full",
-                                      "device": os.environ.get("MINIDIT_DEVICE", "cpu"), "seconds": round(seconds),
-                                      "executed": time.strftime("%Y-%m-%d", time.gmtime())}
-            tmp = out / f".{path.name}.tmp"
-            nbformat.write(nb, tmp)
-            os.replace(tmp, out / path.name)
-            print(f"{path.stem}: {'fast' if fast else 'full'} mode, {seconds:.0f} s, "
-                  f"{image_outputs(nb)} figure(s) -> {out / path.name}", flush=True)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.update({k: v})
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        t0 = time.time()
+        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(path.parent)}}).execute(env=env)
+        seconds = time.time() - t0
+        nb.metadata["minidit"] = {"source_hash": cells_hash(nb), "mode": "fast" if fast else "full",
+                                  "device": env.get("MINIDIT_DEVICE", "cpu"), "seconds": round(seconds),
+                                  "executed": time.strftime("%Y-%m-%d", time.gmtime())}
+        tmp = out / f".{path.name}.tmp"
+        nbformat.write(nb, tmp)
+        os.replace(tmp, out / path.name)
+        print(f"{path.stem}: {'fast' if fast else 'full'} mode, {seconds:.0f} s, "
+              f"{image_outputs(nb)} figure(s) -> {out / path.name}", flush=True)
 
 
 CONF = """\
@@ -112,9 +105,11 @@ def stage(dest):
     index = (ROOT / "README.md").read_text() + toc.format("Lessons", "notebooks/*").replace(
         ":maxdepth: 1", ":maxdepth: 1\n:glob:") + toc.format("Documentation", "\n".join(pages))
     (dest / "index.md").write_text(index)
-    for page in [dest / "index.md", *(dest / "docs").rglob("*.md")]:
+    for page in [dest / "index.md", *(dest / "docs").rglob("*.md"), *(dest / "notebooks").glob("*.ipynb")]:
+        text = re.sub(r"\]\((<?)((?:\.\./)*)README\.md\b", r"](\1\2index.md", page.read_text())
+        page.write_text(text)  # the README is the site's home page, index.md
         src_dir = ROOT if page.name == "index.md" else ROOT / page.parent.relative_to(dest)
-        for target in re.findall(r"\]\(\s*<?([^)\s>#]+)", page.read_text()):
+        for target in re.findall(r"\]\(\s*<?([^)\s>#]+)", text):
             if "://" in target or target.startswith("mailto:"):
                 continue
             src = (src_dir / unquote(target)).resolve()
@@ -135,7 +130,7 @@ def build(out):
         src.mkdir()
         stage(src)
         warnings = Path(tmp) / "warnings.txt"
-        rc = build_main(["-b", "html", "-q", "-E", "-w", str(warnings), str(src), str(out)])
+        rc = build_main(["-b", "html", "-Q", "-E", "-w", str(warnings), str(src), str(out)])
         text = warnings.read_text().replace(str(src) + os.sep, "") if warnings.exists() else ""
     if rc:
         raise SystemExit(f"sphinx failed (status {rc}): {text[-2000:]}")
@@ -184,6 +179,9 @@ def main(argv=None):
     c.add_argument("site", nargs="?", default="build/site")
     args = p.parse_args(argv)
     if args.cmd == "execute":
+        missing = [n for n in args.names if not (NOTEBOOKS / f"{n.removesuffix('.ipynb')}.ipynb").exists()]
+        if missing:
+            p.error(f"no such notebook in {NOTEBOOKS}: {', '.join(missing)}")
         execute(args.names, fast=args.fast)
     elif args.cmd == "build":
         warnings = build(args.out)
