@@ -172,7 +172,8 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("execute", help="run the notebooks and write their executed copies to docs/lessons/")
     e.add_argument("names", nargs="*", help="notebook names (default: all), e.g. 07_training_recipe")
-    e.add_argument("--fast", action="store_true", help="MINIDIT_FAST=1: to try the machinery; commit full-mode copies only")
+    e.add_argument("--fast", action="store_true",
+                   help="MINIDIT_FAST=1: to try the machinery; commit full-mode copies only")
     b = sub.add_parser("build", help="build the static site")
     b.add_argument("--out", default="build/site", help="output folder (default build/site)")
     c = sub.add_parser("check", help="check that every internal link and image of a built site resolves")
