@@ -1,7 +1,8 @@
 """The course site: the lessons executed once in their full mode (outputs committed in
 docs/lessons/, each copy stamped with a hash of its notebook's cells), and a static site built
 from them with Sphinx and MyST-NB (pip install -e ".[docs]"; nothing is downloaded at build time
-and no notebook is executed by the build). Documentation tooling only: nothing here is part of DiT.
+and no notebook is executed by the build). It works on a source checkout (pip install -e). Course
+tooling only: nothing here is part of DiT; docs/site.md is the user's guide.
 
     python -m minidit.course.site execute [--fast] [NAME ...]   # notebooks/ -> docs/lessons/
     python -m minidit.course.site build --out build/site        # README, docs/*.md, lessons -> HTML
@@ -179,6 +180,8 @@ def main(argv=None):
     c = sub.add_parser("check", help="check that every internal link and image of a built site resolves")
     c.add_argument("site", nargs="?", default="build/site")
     args = p.parse_args(argv)
+    if not (NOTEBOOKS.is_dir() and (ROOT / "README.md").is_file()):
+        p.error(f"{ROOT} is not a minidit source checkout (no notebooks/ or README.md): install with pip install -e")
     if args.cmd == "execute":
         missing = [n for n in args.names if not (NOTEBOOKS / f"{n.removesuffix('.ipynb')}.ipynb").exists()]
         if missing:
