@@ -196,7 +196,7 @@ def main(argv=None):
             print(f"{args.site} holds no built site (no index.html)", file=sys.stderr)
             return 2
         broken = check_links(args.site)
-        print("\n".join(f"{page}: broken link {link}" for page, link in broken) + f"\nbroken links: {len(broken)}")
+        print("\n".join([f"{page}: broken link {link}" for page, link in broken] + [f"broken links: {len(broken)}"]))
         return 1 if broken else 0
     return 0
 
