@@ -1,4 +1,4 @@
-"""The course site (minidit/course/site.py): every notebook has an executed copy in docs/lessons/
+"""The course site (minidit/course/site.py): every notebook has an executed copy in lessons/
 that belongs to its current cells, ran in the full mode and shows figures; the site built from
 them holds the README, every docs page and every lesson; every internal link and image resolves;
 and a headless Chromium opens every page and sees each lesson's images rendered."""
@@ -14,7 +14,7 @@ from minidit.course import site
 
 NOTEBOOKS = sorted(site.NOTEBOOKS.glob("*.ipynb"))
 EXECUTED = sorted(site.LESSONS.glob("*.ipynb"))
-NO_COPIES = "docs/lessons/ holds no executed lesson yet: run python -m minidit.course.site execute"
+NO_COPIES = "lessons/ holds no executed lesson yet: run python -m minidit.course.site execute"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -30,9 +30,9 @@ def test_executed_copy_is_current_full_and_has_figures(path):
     assert copy.exists(), f"{path.name} has no executed copy: python -m minidit.course.site execute {path.stem}"
     stamp = _read(copy)["metadata"].get("minidit", {})
     assert stamp.get("source_hash") == site.cells_hash(_read(path)), \
-        f"docs/lessons/{path.name} was executed from other cells: python -m minidit.course.site execute {path.stem}"
-    assert stamp.get("mode") == "full", f"docs/lessons/{path.name} ran in {stamp.get('mode')} mode, not full"
-    assert site.image_outputs(_read(copy)) > 0, f"docs/lessons/{path.name} shows no figure"
+        f"lessons/{path.name} was executed from other cells: python -m minidit.course.site execute {path.stem}"
+    assert stamp.get("mode") == "full", f"lessons/{path.name} ran in {stamp.get('mode')} mode, not full"
+    assert site.image_outputs(_read(copy)) > 0, f"lessons/{path.name} shows no figure"
 
 
 def test_no_executed_copy_without_its_notebook():
@@ -84,7 +84,7 @@ def test_site_holds_readme_docs_and_every_lesson(built):
     pages = [p.relative_to(site.ROOT / "docs").with_suffix(".html") for p in (site.ROOT / "docs").rglob("*.md")]
     assert (out / "docs" / "teachers_guide.html").exists()
     assert [p for p in pages if not (out / "docs" / p).exists()] == []
-    assert [p.stem for p in NOTEBOOKS if not (out / "notebooks" / f"{p.stem}.html").exists()] == []
+    assert [p.stem for p in NOTEBOOKS if not (out / "lessons" / f"{p.stem}.html").exists()] == []
     assert site.check_links(out) == []
 
 
@@ -123,7 +123,7 @@ def test_browser_shows_every_lessons_images(built, tmp_path, capsys):
             images = driver.execute_script(
                 "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
             not_rendered += [(page, src) for src, width in images if not width]
-            if page.startswith("notebooks/"):
+            if page.startswith("lessons/"):
                 shown[Path(page).stem.split("_")[0]] = sum(1 for _, width in images if width > 0)
     finally:
         driver.quit()

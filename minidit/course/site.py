@@ -1,10 +1,11 @@
-"""The course site: the lessons executed once in their full mode (outputs committed in
-docs/lessons/, each copy stamped with a hash of its notebook's cells), and a static site built
-from them with Sphinx and MyST-NB (pip install -e ".[docs]"; nothing is downloaded at build time
-and no notebook is executed by the build). It works on a source checkout (pip install -e). Course
-tooling only: nothing here is part of DiT; docs/site.md is the user's guide.
+"""The course site: the lessons executed once in their full mode (outputs committed in lessons/,
+beside notebooks/ so that their relative links still resolve; each copy is stamped with a hash of
+its notebook's cells), and a static site built from them with Sphinx and MyST-NB (pip install -e
+".[docs]"; nothing is downloaded at build time and the build executes no notebook). It works on a
+source checkout (pip install -e). Course tooling only: nothing here is part of DiT; docs/site.md is
+the user's guide.
 
-    python -m minidit.course.site execute [--fast] [NAME ...]   # notebooks/ -> docs/lessons/
+    python -m minidit.course.site execute [--fast] [NAME ...]   # notebooks/ -> lessons/
     python -m minidit.course.site build --out build/site        # README, docs/*.md, lessons -> HTML
     python -m minidit.course.site check build/site              # every internal link and image resolves
 """
@@ -23,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
-LESSONS = ROOT / "docs" / "lessons"
+LESSONS = ROOT / "lessons"
 INLINE = "module://matplotlib_inline.backend_inline"  # a student's Jupyter: figures become outputs
 
 
@@ -84,31 +85,33 @@ suppress_warnings = ["misc.highlighting_failure"]
 
 def stage(dest):
     """Lay the site's sources out in dest as in the repository (so relative links keep working):
-    README.md as index.md, docs/ (without lessons/), and in notebooks/ the executed copy of each
-    notebook (the stripped notebook, with a warning, where no current executed copy exists).
+    README.md as index.md, docs/, and in lessons/ the executed copy of each notebook (the stripped
+    notebook, with a warning, where no current executed copy exists); links to README.md and to
+    notebooks/*.ipynb are pointed at index.md and lessons/.
     Local files the pages link to (source files, results) are copied too: the site offers them
     for download."""
     import nbformat
-    shutil.copytree(ROOT / "docs", dest / "docs", ignore=shutil.ignore_patterns("lessons", ".*"))
-    (dest / "notebooks").mkdir()
+    shutil.copytree(ROOT / "docs", dest / "docs", ignore=shutil.ignore_patterns(".*"))
+    (dest / "lessons").mkdir()
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         copy = LESSONS / path.name
         if not copy.exists():
-            print(f"warning: {path.stem} has no executed copy in docs/lessons: it appears without figures")
+            print(f"warning: {path.stem} has no executed copy in lessons/: it appears without figures")
             copy = path
         elif (nbformat.read(copy, as_version=4).metadata.get("minidit", {}).get("source_hash")
               != cells_hash(nbformat.read(path, as_version=4))):
-            print(f"warning: docs/lessons/{path.name} is older than the notebook: run "
+            print(f"warning: lessons/{path.name} is older than the notebook: run "
                   f"python -m minidit.course.site execute {path.stem}")
-        shutil.copy(copy, dest / "notebooks" / path.name)
+        shutil.copy(copy, dest / "lessons" / path.name)
     pages = sorted(p.relative_to(dest).with_suffix("").as_posix() for p in (dest / "docs").rglob("*.md"))
     toc = "\n\n```{{toctree}}\n:hidden:\n:caption: {}\n:maxdepth: 1\n\n{}\n```\n"
-    index = (ROOT / "README.md").read_text() + toc.format("Lessons", "notebooks/*").replace(
+    index = (ROOT / "README.md").read_text() + toc.format("Lessons", "lessons/*").replace(
         ":maxdepth: 1", ":maxdepth: 1\n:glob:") + toc.format("Documentation", "\n".join(pages))
     (dest / "index.md").write_text(index)
-    for page in [dest / "index.md", *(dest / "docs").rglob("*.md"), *(dest / "notebooks").glob("*.ipynb")]:
+    for page in [dest / "index.md", *(dest / "docs").rglob("*.md"), *(dest / "lessons").glob("*.ipynb")]:
         text = re.sub(r"\]\((<?)((?:\.\./)*)README\.md\b", r"](\1\2index.md", page.read_text())
-        page.write_text(text)  # the README is the site's home page, index.md
+        text = re.sub(r"\]\((<?)((?:\.\./)*)notebooks/([\w.-]+\.ipynb)", r"](\1\2lessons/\3", text)
+        page.write_text(text)  # the README is the site's home page; a lesson is its executed copy
         src_dir = ROOT if page.name == "index.md" else ROOT / page.parent.relative_to(dest)
         for target in re.findall(r"\]\(\s*<?([^)\s>#]+)", text):
             if "://" in target or target.startswith("mailto:"):
@@ -171,7 +174,7 @@ def check_links(site):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minidit.course.site", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("execute", help="run the notebooks and write their executed copies to docs/lessons/")
+    e = sub.add_parser("execute", help="run the notebooks and write their executed copies to lessons/")
     e.add_argument("names", nargs="*", help="notebook names (default: all), e.g. 07_training_recipe")
     e.add_argument("--fast", action="store_true",
                    help="MINIDIT_FAST=1: to try the machinery; commit full-mode copies only")
