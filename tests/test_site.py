@@ -135,3 +135,14 @@ def test_browser_shows_every_lessons_images(built, tmp_path, capsys):
     assert len(shown) == len(NOTEBOOKS)
     assert not [k for k, v in shown.items() if v == 0], f"lesson pages that show no image: {shown}"
     assert not not_rendered and not broken, (not_rendered, broken)
+
+
+@pytest.mark.parametrize("argv", [["build", "--out", "{tmp}"], ["execute", "no_such_lesson"], ["check", "{tmp}"]])
+def test_bad_input_exits_2_and_writes_nothing(argv, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")  # a folder that is not a site build
+    with pytest.raises(SystemExit) as e:
+        code = site.main([a.format(tmp=tmp_path) for a in argv])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert not list(site.LESSONS.glob(".*.tmp"))

@@ -125,10 +125,12 @@ def stage(dest):
 
 
 def build(out):
-    """Stage the sources in a temporary folder and build the HTML site into `out`; returns the
-    Sphinx warnings (one string each)."""
+    """Stage the sources in a temporary folder and build the HTML site into `out` (replacing an
+    earlier build there); returns the Sphinx warnings (one string each)."""
     from sphinx.cmd.build import build_main
     out = Path(out).resolve()
+    if (out / ".buildinfo").is_file():
+        shutil.rmtree(out)  # a previous build: start afresh, so no page of a removed source stays
     with tempfile.TemporaryDirectory(prefix="minidit_site_") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
@@ -191,6 +193,9 @@ def main(argv=None):
             p.error(f"no such notebook in {NOTEBOOKS}: {', '.join(missing)}")
         execute(args.names, fast=args.fast)
     elif args.cmd == "build":
+        out = Path(args.out)
+        if out.exists() and not (out / ".buildinfo").is_file() and (out.is_file() or any(out.iterdir())):
+            p.error(f"{out} is not empty and holds no earlier site build: give a new or empty folder")
         warnings = build(args.out)
         print("\n".join(warnings + [f"site: {len(list(Path(args.out).rglob('*.html')))} pages in {args.out} "
                                     f"({len(warnings)} warnings); open {Path(args.out) / 'index.html'}"]))
