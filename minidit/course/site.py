@@ -87,9 +87,8 @@ def stage(dest):
     """Lay the site's sources out in dest as in the repository (so relative links keep working):
     README.md as index.md, docs/, and in lessons/ the executed copy of each notebook (the stripped
     notebook, with a warning, where no current executed copy exists); links to README.md and to
-    notebooks/*.ipynb are pointed at index.md and lessons/.
-    Local files the pages link to (source files, results) are copied too: the site offers them
-    for download."""
+    notebooks/*.ipynb are pointed at index.md and lessons/. Local files the pages link to (source
+    files, results, other READMEs) are copied too."""
     import nbformat
     shutil.copytree(ROOT / "docs", dest / "docs", ignore=shutil.ignore_patterns(".*"))
     (dest / "lessons").mkdir()
@@ -108,19 +107,27 @@ def stage(dest):
     index = (ROOT / "README.md").read_text() + toc.format("Lessons", "lessons/*").replace(
         ":maxdepth: 1", ":maxdepth: 1\n:glob:") + toc.format("Documentation", "\n".join(pages))
     (dest / "index.md").write_text(index)
-    for page in [dest / "index.md", *(dest / "docs").rglob("*.md"), *(dest / "lessons").glob("*.ipynb")]:
-        text = re.sub(r"\]\((<?)((?:\.\./)*)README\.md\b", r"](\1\2index.md", page.read_text())
-        text = re.sub(r"\]\((<?)((?:\.\./)*)notebooks/([\w.-]+\.ipynb)", r"](\1\2lessons/\3", text)
-        page.write_text(text)  # the README is the site's home page; a lesson is its executed copy
-        src_dir = ROOT if page.name == "index.md" else ROOT / page.parent.relative_to(dest)
+    pages = [dest / "index.md", *(dest / "docs").rglob("*.md"), *(dest / "lessons").glob("*.ipynb")]
+    for page in pages:  # grows by the Markdown files the pages link to (data/README.md, ...)
+        src_dir = ROOT / page.parent.relative_to(dest)
+
+        def retarget(m):  # the README is the site's home page, index.md; a lesson is its executed copy
+            target, path = m.group(2), (src_dir / unquote(m.group(2))).resolve()
+            if path == ROOT / "README.md":
+                target = target.removesuffix("README.md") + "index.md"
+            elif path.parent == NOTEBOOKS and path.suffix == ".ipynb":
+                target = target.replace("notebooks/", "lessons/")
+            return f"]({m.group(1)}{target}"
+        text = re.sub(r"\]\(\s*(<?)([^)\s>#]+)", retarget, page.read_text())
+        page.write_text(text)
         for target in re.findall(r"\]\(\s*<?([^)\s>#]+)", text):
-            if "://" in target or target.startswith("mailto:"):
-                continue
             src = (src_dir / unquote(target)).resolve()
-            rel = src.relative_to(ROOT) if src.is_relative_to(ROOT) else None
-            if rel and src.is_file() and not (dest / rel).exists():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, dest / rel)
+            if "://" not in target and src.is_relative_to(ROOT) and src.is_file():
+                rel = src.relative_to(ROOT)
+                if not (dest / rel).exists():  # a source file, a result: the site offers it for download
+                    (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(src, dest / rel)
+                    pages += [dest / rel] if rel.suffix == ".md" else []
     (dest / "conf.py").write_text(CONF)
 
 
