@@ -70,14 +70,9 @@ def built(tmp_path_factory):
     return out, warnings
 
 
-def _dead_references(warnings):
-    # a Markdown link whose target page or heading does not exist: Sphinx warns and drops the link
-    return [w for w in warnings if "target not found" in w or "xref_missing" in w]
-
-
 def test_site_holds_readme_docs_and_every_lesson(built):
     out, warnings = built
-    assert _dead_references(warnings) == []
+    assert site.dead_references(warnings) == []
     home = (out / "index.html").read_text()
     title = next(line for line in (site.ROOT / "README.md").read_text().splitlines() if line.startswith("# "))
     assert title[2:].split()[0] in home
@@ -128,7 +123,7 @@ def test_browser_shows_every_lessons_images(built, tmp_path, capsys):
     finally:
         driver.quit()
         server.shutdown()
-    broken = site.check_links(out) + _dead_references(warnings)
+    broken = site.check_links(out) + site.dead_references(warnings)
     with capsys.disabled():
         print(f"\nsite: {len(pages)} pages opened, images shown per lesson: "
               + ", ".join(f"{k}={v}" for k, v in shown.items()) + f", broken links {len(broken)}")

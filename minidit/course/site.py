@@ -10,7 +10,9 @@ the user's guide.
     python -m minidit.course.site check build/site              # every internal link and image resolves
 """
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -142,12 +144,19 @@ def build(out):
         src = Path(tmp) / "src"
         src.mkdir()
         stage(src)
-        warnings = Path(tmp) / "warnings.txt"
-        rc = build_main(["-b", "html", "-Q", "-E", "-w", str(warnings), str(src), str(out)])
-        text = warnings.read_text().replace(str(src) + os.sep, "") if warnings.exists() else ""
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):  # -q: no progress, warnings to stderr; we print them once
+            rc = build_main(["-b", "html", "-q", "-E", "--no-color", str(src), str(out)])
+        text = err.getvalue().replace(str(src) + os.sep, "")
     if rc:
         raise SystemExit(f"sphinx failed (status {rc}): {text[-2000:]}")
-    return [w for w in text.splitlines() if "WARNING" in w or "ERROR" in w]
+    return [w for w in text.splitlines() if "WARNING:" in w or "ERROR:" in w]
+
+
+def dead_references(warnings):
+    """The warnings about a Markdown link to a page or heading that does not exist (Sphinx drops
+    such a link from the page, so the HTML check cannot see it)."""
+    return [w for w in warnings if "target not found" in w or "xref_missing" in w]
 
 
 class _Links(HTMLParser):
@@ -203,9 +212,11 @@ def main(argv=None):
         out = Path(args.out)
         if out.exists() and not (out / ".buildinfo").is_file() and (out.is_file() or any(out.iterdir())):
             p.error(f"{out} is not empty and holds no earlier site build: give a new or empty folder")
-        warnings = build(args.out)
-        print("\n".join(warnings + [f"site: {len(list(Path(args.out).rglob('*.html')))} pages in {args.out} "
-                                    f"({len(warnings)} warnings); open {Path(args.out) / 'index.html'}"]))
+        warnings = build(out)
+        dead = dead_references(warnings)
+        print("\n".join(warnings + [f"site: {len(list(out.rglob('*.html')))} pages in {out} ({len(warnings)} "
+                                    f"warnings, {len(dead)} dead references); open {out / 'index.html'}"]))
+        return 1 if dead else 0
     else:
         if not Path(args.site, "index.html").is_file():
             print(f"{args.site} holds no built site (no index.html)", file=sys.stderr)
