@@ -81,7 +81,7 @@ html_theme = "alabaster"
 html_theme_options = {"page_width": "1100px"}
 html_sidebars = {"**": ["navigation.html", "searchbox.html"]}
 exclude_patterns = ["_build"]
-suppress_warnings = ["misc.highlighting_failure"]
+suppress_warnings = ["misc.highlighting_failure", "toc.not_included"]  # linked READMEs: not in the sidebar
 """
 
 
