@@ -148,17 +148,27 @@ class GaussianDiffusion:
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "pred_xstart": pred_xstart}
 
-    def training_losses(self, model_output, x_start, x_t, t, noise, dloss=None):
+    def training_losses(self, model_output, x_start, x_t, t, noise, dloss=None, mse_weight=None):
         """Per-sample loss terms and the gradient on model_output; see losses.training_losses."""
-        return losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss)
+        return losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss, mse_weight)
 
-    def _call_model(self, model_fn, x, t):
-        """model_fn(x, original timesteps as int64 on x's device) (PAPER.md 3.3)."""
-        xp = get_array_module(x)
+    def sample_timesteps(self, rng, n, device=None):
+        """t ~ U{0..T-1}, (n,) int64 indices on `device`, drawn as the official train.py draws them
+        (PAPER.md 3.4). Other timestep distributions: minidit.diffusion.objectives."""
+        return rng.integers(0, self.num_timesteps, (n,), device=device)
+
+    def model_timesteps(self, t):
+        """The timesteps the model is called with for chain indices t: timestep_map[t], as int64
+        on t's device (the indices themselves on the unrespaced chain of training)."""
+        xp = get_array_module(t)
         key = ("timestep_map", xp.__name__, "int64")
         if key not in self._tables:
             self._tables[key] = xp.asarray(self.timestep_map)
-        return model_fn(x, self._tables[key][t])
+        return self._tables[key][t]
+
+    def _call_model(self, model_fn, x, t):
+        """model_fn(x, original timesteps as int64 on x's device) (PAPER.md 3.3)."""
+        return model_fn(x, self.model_timesteps(t))  # t is on x's device (indices(like=x))
 
     @staticmethod
     def _step_noise(x, noise, rng):
