@@ -11,12 +11,14 @@ import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
 from ..cli import CommandParser, check_positive, check_range, run_command
-from ..diffusion.objectives import OBJECTIVES, TIMESTEP_SAMPLERS, describe, make_objective
+from ..diffusion.objectives import describe
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from .checkpoint import load_checkpoint
 from .data import DataLoader, load_dataset
+from .objective_args import (add_objective_arguments, check_objective_arguments, check_resumed_objective,
+                             config_overrides, grid_sampler, objective_for)
 from .optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
 from .distributed import ProcessGradientSum, make_world, run_ranks
 from .parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
@@ -29,10 +31,8 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
     """One step of DiT's train.py: t ~ U{0..T-1}, noise, label dropout, forward, hybrid loss,
     backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
     The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run.
-
-    diffusion: the GaussianDiffusion DiT trains with, or any objective of
-    minidit.diffusion.objectives (other timestep draws, Min-SNR weighting, flow matching): it
-    draws t, says which timesteps the model sees, noises x and computes the loss and its gradient.
+    diffusion: DiT's GaussianDiffusion or another objective (minidit.diffusion.objectives): it
+    draws t, names the model's timesteps, noises x and gives the loss and its gradient.
 
     parallel: a minidit.training.parallel.DataParallel (entered) to split the batch over worker
     threads, as DDP splits it over GPUs; each shard's loss is weighted 1/N, so the summed
@@ -112,15 +112,7 @@ def build_parser():
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
     ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
     ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
-    ap.add_argument("--objective", default="ddpm", choices=OBJECTIVES,
-                    help="ddpm: the paper's Gaussian diffusion (default); flow: flow matching, velocity "
-                         "prediction on a straight path (docs/objectives.md)")
-    ap.add_argument("--timesteps", default="uniform", choices=TIMESTEP_SAMPLERS,
-                    help="training times: uniform (paper) or logit-normal (t = sigmoid(n), n ~ N(m, s^2))")
-    ap.add_argument("--logit-mean", type=float, default=None, help="m of --timesteps logit-normal (default 0)")
-    ap.add_argument("--logit-std", type=float, default=None, help="s of --timesteps logit-normal (default 1)")
-    ap.add_argument("--min-snr-gamma", type=float, default=None,
-                    help="weight the ddpm noise loss by min(SNR, gamma) / SNR (Min-SNR; e.g. 5)")
+    add_objective_arguments(ap)
     ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
@@ -130,8 +122,7 @@ def build_parser():
     ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
     ap.add_argument("--no-sample-grid", action="store_true",
                     help="write no sample grids, not even the last (for scripts that score the checkpoints)")
-    ap.add_argument("--sample-steps", type=int, default=50,
-                    help="DDPM steps of the sample grids (Euler steps for --objective flow)")
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDPM (flow: Euler) steps of the sample grids")
     ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the sample grids")
     ap.add_argument("--vae", default=None, help="VAE checkpoint: train DiT on its latents (latent diffusion)")
     ap.add_argument("--no-progress", action="store_true")
@@ -157,30 +148,7 @@ def _validate(ap, a):
         ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
     if a.resume and a.overwrite:
         ap.error("--resume and --overwrite contradict each other")
-    _validate_objective(ap, a)
-
-
-def _validate_objective(ap, a):
-    """The flags of --objective and its options (docs/objectives.md)."""
-    if a.timesteps != "logit-normal":
-        for flag in ("logit_mean", "logit_std"):
-            if getattr(a, flag) is not None:
-                ap.error(f"--{flag.replace('_', '-')} needs --timesteps logit-normal")
-    if a.logit_mean is not None and not math.isfinite(a.logit_mean):
-        ap.error(f"--logit-mean must be a finite number, got {a.logit_mean}")
-    if a.logit_std is not None:
-        check_positive(ap, a, ("logit_std",))
-    if a.min_snr_gamma is not None:
-        check_positive(ap, a, ("min_snr_gamma",))
-        if a.objective != "ddpm":
-            ap.error(f"--min-snr-gamma weights the ddpm noise loss; --objective {a.objective} has none")
-
-
-def objective_for(args, cfg):
-    """The training objective the arguments ask for (minidit.diffusion.objectives)."""
-    return make_objective(args.objective, cfg.learn_sigma, args.timesteps,
-                          0.0 if args.logit_mean is None else args.logit_mean,
-                          1.0 if args.logit_std is None else args.logit_std, args.min_snr_gamma)
+    check_objective_arguments(ap, a)
 
 
 def config_for(args, data, encoder=None):
@@ -193,8 +161,7 @@ def config_for(args, data, encoder=None):
             overrides[name] = getattr(args, name)
     if args.class_dropout is not None:
         overrides["class_dropout_prob"] = args.class_dropout
-    if args.objective == "flow":
-        overrides["learn_sigma"] = False  # a flow model predicts the velocity only (no variance)
+    overrides.update(config_overrides(args))  # flow: learn_sigma False
     return DiT_models[args.model](**overrides)
 
 
@@ -252,10 +219,7 @@ def train(args, run_dir, log=print, world=None):
             log(f"note: the run used {ranks} rank{'s' if ranks > 1 else ''} (mpirun -n {ranks}) and now "
                 f"{world.size}; it continues, but the gradients are cut into other shards and summed in "
                 f"another order, so it will not match an uninterrupted run to the bit")
-        was = meta.get("objective", {"objective": "ddpm", "timesteps": "uniform"})
-        if was != describe(diffusion):
-            raise ValueError(f"--resume: the run was trained with {was}, the arguments ask for "
-                             f"{describe(diffusion)}")
+        check_resumed_objective(meta, diffusion)
         if DiTConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
                              f"arguments' {cfg.to_dict()}")
@@ -280,12 +244,12 @@ def train(args, run_dir, log=print, world=None):
     def sample_grid(step):
         labels = np.repeat(np.arange(cfg.num_classes), 4 if cfg.num_classes <= 16 else 1)[:64]
         decode = encoder.decode if encoder is not None else None
-        sampler = "euler" if args.objective == "flow" else "ddpm"
+        sampler = grid_sampler(args)  # "ddpm", or "euler" for a flow model
         x = generate(ema, cfg, labels, args.sample_steps, sampler, args.cfg_scale, seed=0, device=device,
                      decode=decode)
         path = run_dir.path / "samples" / f"step_{step:07d}.png"
-        save_grid(to_uint8(x), labels, data.class_names, path, title=f"{args.model} EMA step {step}, "
-                  f"{sampler.upper() if sampler == 'ddpm' else 'Euler'} {args.sample_steps} steps, guidance {args.cfg_scale:g}")
+        save_grid(to_uint8(x), labels, data.class_names, path,
+                  title=f"{args.model} EMA step {step}, {sampler} {args.sample_steps} steps, guidance {args.cfg_scale:g}")
         return path
 
     n_params = count_params(cfg)["trainable"]
