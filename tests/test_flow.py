@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import gradcheck, randn, randomised_params, tiny_dit
-from minidit import guidance
+from minidit import backend, guidance
 from minidit.backend import to_numpy
 from minidit.diffusion.flow import (TIME_SCALE, LinearFlow, flow_losses, interpolate, time_grid,
                                     velocity_target)
@@ -246,3 +246,56 @@ def test_bad_objective_flags_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, err
     assert not checkpoints_of(tmp_path / "bad")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.gpu_available(), reason="no CuPy (nor its stand-in)")
+def test_flow_on_the_gpu_matches_the_cpu_and_resumes_bit_for_bit(tmp_path):
+    """--device gpu (the CuPy stand-in in CI): flow with logit-normal times resumes to the bit on
+    the device and trains the same weights as on the CPU, to float32 rounding."""
+    quiet = lambda *a: None  # noqa: E731
+    opts = ["--objective", "flow", "--timesteps", "logit-normal"]
+    try:
+        train.run(_args(tmp_path, *opts, "--device", "gpu", "--steps", "4", "--ckpt-every", "4", out="gpu"), log=quiet)
+        train.run(_args(tmp_path, *opts, "--device", "gpu", "--steps", "2", "--ckpt-every", "2", out="gpu2"), log=quiet)
+        train.run(_args(tmp_path, *opts, "--device", "gpu", "--steps", "4", "--ckpt-every", "2", "--resume",
+                        out="gpu2"), log=quiet)
+    finally:
+        backend.set_device("cpu")
+    train.run(_args(tmp_path, *opts, "--workers", "1", "--steps", "4", "--ckpt-every", "4", out="cpu"), log=quiet)
+    a, b, c = (load_checkpoint(tmp_path / r / "checkpoints" / "step_0000004.npz")[1] for r in ("gpu", "gpu2", "cpu"))
+    for group in ("model", "ema", "opt_m", "opt_v"):
+        for k in a[group]:
+            assert np.array_equal(a[group][k], b[group][k]), (group, k)
+            np.testing.assert_allclose(a[group][k], c[group][k], rtol=1e-3, atol=1e-5, err_msg=f"{group}/{k}")
+
+
+def test_flow_steps_make_few_syncs(standin):
+    """A flow training step (logit-normal times) and an Euler or Heun sampling step on the device
+    read nothing back but the step's logged numbers: at most 3 syncs per training step, none per
+    sampling step beyond the model's own (as DDPM's, at most 1)."""
+    from minidit.backend import Generator
+    from minidit.diffusion import make_objective
+    from minidit.model import get_config, init_params
+    from minidit.training.optim import AdamW, init_ema
+    from minidit.training.parallel import DataParallel
+    cupy = standin
+    cfg = get_config("minidit-Tiny/4", input_size=16, learn_sigma=False)
+    params = init_params(cfg, seed=0, device="gpu")
+    ema, opt = init_ema(params), AdamW(params, lr=1e-4)
+    flow = make_objective("flow", timesteps="logit-normal")
+    rng = Generator(0, device="gpu")
+    x, y = rng.normal((4, 3, 16, 16), device="gpu"), rng.integers(0, 10, (4,), device="gpu")
+    with DataParallel(1) as parallel:
+        train.train_step(params, ema, opt, cfg, flow, x, y, rng, 0.99, parallel)
+        cupy.reset_counts()
+        train.train_step(params, ema, opt, cfg, flow, x, y, rng, 0.99, parallel)
+    step_syncs = sum(cupy.counts["sync"].values())
+    for sampler in ("euler", "heun"):
+        cupy.reset_counts()
+        sample.generate(params, cfg, np.arange(4), num_steps=4, sampler=sampler, guidance_scale=4.0,
+                        device="gpu", workers=1)
+        per_step = sum(cupy.counts["sync"].values()) / 4
+        print(f"[stand-in] flow training step: {step_syncs} syncs; {sampler}: {per_step:.1f} syncs per step")
+        assert per_step <= 1, dict(cupy.counts["sync"])
+    assert step_syncs <= 3
