@@ -206,8 +206,8 @@ def _args_list(tmp_path, *extra, out):
 @pytest.mark.parametrize("options", [
     ["--objective", "flow"],
     ["--objective", "flow", "--timesteps", "logit-normal", "--logit-mean", "-0.5", "--logit-std", "1.2"],
-    ["--timesteps", "logit-normal", "--min-snr-gamma", "5"],
-], ids=["flow", "flow-logit-normal", "ddpm-logit-normal-min-snr"])
+    ["--timesteps", "logit-normal", "--min-snr-gamma", "5", "--prediction", "v"],
+], ids=["flow", "flow-logit-normal", "ddpm-logit-normal-min-snr-v"])
 def test_resume_is_bit_for_bit(tmp_path, options):
     """As tests/test_train.py checks for the default objective: 3 steps, resume to 6 = 6 straight."""
     quiet = lambda *a: None  # noqa: E731
@@ -239,6 +239,8 @@ def test_resume_with_another_objective_is_refused(tmp_path):
     (["--timesteps", "logit-normal", "--logit-std", "-1"], "--logit-std must be positive"),
     (["--timesteps", "logit-normal", "--logit-mean", "nan"], "--logit-mean must be a finite number"),
     (["--timesteps", "cosine"], "invalid choice: 'cosine'"),
+    (["--objective", "flow", "--prediction", "x0"], "--prediction x0 is for --objective ddpm"),
+    (["--prediction", "score"], "invalid choice: 'score'"),
 ])
 def test_bad_objective_flags_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:

@@ -113,7 +113,9 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None,
     dloss = xp.asarray(dloss).reshape(N)
 
     # L_simple: mse = mean_{CHW} (eps_hat - noise)^2 per sample, the MSE layer of minidit.layers
-    mse, c_mse = mse_forward(model_output[:, :C], noise, per_sample=True)
+    # (for x0- or v-prediction the target is x_0 or v instead of the noise)
+    target = noise if diffusion.prediction == "eps" else diffusion.prediction_target(x_start, noise, t)
+    mse, c_mse = mse_forward(model_output[:, :C], target, per_sample=True)
     if mse_weight is None:
         d_eps, simple = mse_backward(dloss, c_mse), mse
     else:

@@ -1,6 +1,6 @@
 """Training objectives beside DiT's own: which timesteps a batch trains on (uniform, as DiT, or
-logit-normal, as SD3: Esser et al. 2024), Min-SNR-gamma weighting of the noise loss (Hang et al.
-2023), and `make_objective`, which builds the Gaussian diffusion or the linear flow (flow.py) that
+logit-normal, as SD3: Esser et al. 2024), Min-SNR-gamma weighting of the mse term (Hang et al.
+2023) for noise, x_0 or v prediction (gaussian.py), and `make_objective`, which builds the Gaussian diffusion or the linear flow (flow.py) that
 `python -m minidit.train --objective` asks for. Each object has the methods train_step calls:
 sample_timesteps, model_timesteps, q_sample and training_losses.
 """
@@ -59,16 +59,19 @@ def snr(alphas_cumprod):
     return alphas_cumprod / (1.0 - alphas_cumprod)
 
 
-def min_snr_weights(alphas_cumprod, gamma):
-    """Min-SNR-gamma weights of the epsilon loss, min(SNR_t, gamma) / SNR_t, float64 (T,).
+def min_snr_weights(alphas_cumprod, gamma, prediction="eps"):
+    """Min-SNR-gamma weights of the mse term, float64 (T,), for what the model predicts.
 
-    For epsilon prediction the mse term equals SNR_t times the x_0 error, so this weight caps the
-    x_0 error's weight at gamma: it is 1 where SNR_t <= gamma (the noisy steps) and gamma / SNR_t
-    below it, down-weighting the nearly clean steps whose loss is easy to lower."""
+    Every prediction's error is a multiple of the x_0 error: the eps error is SNR_t times it, the
+    v error (SNR_t + 1) times it. Min-SNR weights the x_0 error by min(SNR_t, gamma), so the mse
+    of eps is weighted min(SNR_t, gamma) / SNR_t (1 on the noisy steps, gamma / SNR_t on the
+    nearly clean ones, whose loss is easy to lower), that of x_0 min(SNR_t, gamma), that of v
+    min(SNR_t, gamma) / (SNR_t + 1)."""
     if not (math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"Min-SNR gamma must be positive, got {gamma}")
     s = snr(np.asarray(alphas_cumprod, dtype=np.float64))
-    return np.minimum(s, gamma) / s
+    per_x0 = {"eps": s, "x0": np.ones_like(s), "v": s + 1}[prediction]
+    return np.minimum(s, gamma) / per_x0
 
 
 class DiffusionObjective:
@@ -85,7 +88,7 @@ class DiffusionObjective:
         self.timesteps = timesteps or TimestepSampler()
         self.min_snr_gamma = min_snr_gamma
         self.weights = (None if min_snr_gamma is None
-                        else min_snr_weights(diffusion.alphas_cumprod, min_snr_gamma))
+                        else min_snr_weights(diffusion.alphas_cumprod, min_snr_gamma, diffusion.prediction))
         self._tables = {}
 
     def sample_timesteps(self, rng, n, device=None):
@@ -114,11 +117,12 @@ class DiffusionObjective:
 
 
 def make_objective(name="ddpm", learn_sigma=True, timesteps="uniform", logit_mean=0.0, logit_std=1.0,
-                   min_snr_gamma=None):
+                   min_snr_gamma=None, prediction="eps"):
     """The training objective `--objective` names, with its timestep sampling and weighting.
 
-    "ddpm": DiT's 1000-step Gaussian diffusion (a DiffusionObjective). "flow": a LinearFlow;
-    Min-SNR weighting belongs to the noise loss of the Gaussian diffusion and is refused here.
+    "ddpm": DiT's 1000-step Gaussian diffusion (a DiffusionObjective) whose model predicts
+    `prediction` ("eps", "x0" or "v"). "flow": a LinearFlow, which predicts its velocity;
+    Min-SNR weighting and the other predictions belong to the Gaussian diffusion.
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
@@ -126,8 +130,11 @@ def make_objective(name="ddpm", learn_sigma=True, timesteps="uniform", logit_mea
     if name == "flow":
         if min_snr_gamma is not None:
             raise ValueError("Min-SNR weighting applies to the Gaussian diffusion's noise loss, not to flow")
+        if prediction != "eps":
+            raise ValueError(f"a flow model predicts its velocity; prediction {prediction!r} is for ddpm")
         return LinearFlow(sampler)
-    return DiffusionObjective(create_diffusion("", learn_sigma=learn_sigma), sampler, min_snr_gamma)
+    return DiffusionObjective(create_diffusion("", learn_sigma=learn_sigma, prediction=prediction), sampler,
+                              min_snr_gamma)
 
 
 def describe(objective):
@@ -136,6 +143,8 @@ def describe(objective):
         sampler = objective.timesteps or TimestepSampler()
         return {"objective": "flow", **sampler.describe()}
     out = {"objective": "ddpm", **objective.timesteps.describe()}
+    if objective.diffusion.prediction != "eps":
+        out["prediction"] = objective.diffusion.prediction
     if objective.min_snr_gamma is not None:
         out["min_snr_gamma"] = float(objective.min_snr_gamma)
     return out

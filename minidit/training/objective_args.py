@@ -1,10 +1,11 @@
 """The training command's flags for the objectives after DiT (docs/objectives.md): --objective,
---timesteps with --logit-mean/--logit-std, --min-snr-gamma; their checks, and the objective,
+--timesteps with --logit-mean/--logit-std, --min-snr-gamma, --prediction; their checks, and the objective,
 config change and resume check they lead to. The objectives themselves: minidit.diffusion.
 """
 import math
 
 from ..cli import check_positive
+from ..diffusion.gaussian import PREDICTIONS
 from ..diffusion.objectives import OBJECTIVES, TIMESTEP_SAMPLERS, describe, make_objective
 
 
@@ -17,7 +18,9 @@ def add_objective_arguments(ap):
     ap.add_argument("--logit-mean", type=float, default=None, help="m of --timesteps logit-normal (default 0)")
     ap.add_argument("--logit-std", type=float, default=None, help="s of --timesteps logit-normal (default 1)")
     ap.add_argument("--min-snr-gamma", type=float, default=None,
-                    help="weight the ddpm noise loss by min(SNR, gamma) / SNR (Min-SNR; e.g. 5)")
+                    help="Min-SNR weighting of the ddpm mse term (e.g. 5): min(SNR, gamma) / SNR for eps")
+    ap.add_argument("--prediction", default="eps", choices=PREDICTIONS,
+                    help="what a ddpm model predicts: eps (the noise, paper), x0 (the image) or v")
 
 
 def check_objective_arguments(ap, a):
@@ -34,6 +37,8 @@ def check_objective_arguments(ap, a):
         check_positive(ap, a, ("min_snr_gamma",))
         if a.objective != "ddpm":
             ap.error(f"--min-snr-gamma weights the ddpm noise loss; --objective {a.objective} has none")
+    if a.prediction != "eps" and a.objective != "ddpm":
+        ap.error(f"--prediction {a.prediction} is for --objective ddpm; a flow model predicts its velocity")
 
 
 def config_overrides(args):
@@ -45,7 +50,8 @@ def objective_for(args, cfg):
     """The training objective the arguments ask for (minidit.diffusion.objectives)."""
     return make_objective(args.objective, cfg.learn_sigma, args.timesteps,
                           0.0 if args.logit_mean is None else args.logit_mean,
-                          1.0 if args.logit_std is None else args.logit_std, args.min_snr_gamma)
+                          1.0 if args.logit_std is None else args.logit_std, args.min_snr_gamma,
+                          args.prediction)
 
 
 def check_resumed_objective(meta, objective):

@@ -22,6 +22,11 @@ from .viz import save_grid, to_uint8
 DIFFUSION_SAMPLERS, FLOW_SAMPLERS = ("ddpm", "ddim"), ("euler", "heun")
 
 
+def prediction_of(meta):
+    """What a checkpoint's model predicts for the Gaussian samplers: "eps" (DiT), "x0" or "v"."""
+    return meta.get("objective", {}).get("prediction", "eps")
+
+
 def samplers_for(meta):
     """The samplers that fit a checkpoint's objective, the default first: DDPM/DDIM for the
     Gaussian diffusion (also every checkpoint written before flow matching), Euler/Heun for flow."""
@@ -30,14 +35,15 @@ def samplers_for(meta):
 
 
 def generate(params, cfg, labels, num_steps=250, sampler="ddpm", guidance_scale=4.0, seed=0,
-             device=None, guidance="all", eta=0.0, progress=False, decode=None, workers=0):
+             device=None, guidance="all", eta=0.0, progress=False, decode=None, workers=0, prediction="eps"):
     """Sample one image per label. Returns model-space images (N, C, H, W) float32 on the host
     (decoded to pixels by `decode` when the model works on autoencoder latents).
 
     cfg is the model's DiTConfig; guidance_scale >= 1 the classifier-free guidance scale (1: none).
     sampler "ddpm" respaces to `num_steps` ("250" as the paper) and "ddim" uses "ddim<num_steps>";
     "euler" and "heun" integrate a flow-matching model's ODE in `num_steps` steps (Heun calls the
-    model twice per step). Which family fits a checkpoint: samplers_for(meta).
+    model twice per step). Which family fits a checkpoint: samplers_for(meta); prediction (what
+    the model's first channels predict, for ddpm/ddim): prediction_of(meta).
     All noise comes from Generator(seed), so a seed reproduces the samples on CPU and GPU.
     workers: CPU threads that each run the model on a slice of the batch (0: one per CPU, see
     minidit.training.parallel); the images do not depend on it beyond float32 rounding.
@@ -52,7 +58,7 @@ def generate(params, cfg, labels, num_steps=250, sampler="ddpm", guidance_scale=
         raise ValueError(f"class id {int(bad)} is outside [0, {cfg.num_classes})")
     if sampler in DIFFUSION_SAMPLERS:
         respacing = f"ddim{num_steps}" if sampler == "ddim" else str(num_steps)
-        diffusion = create_diffusion(respacing, learn_sigma=cfg.learn_sigma)
+        diffusion = create_diffusion(respacing, learn_sigma=cfg.learn_sigma, prediction=prediction)
     rng = Generator(seed, device=device)
     y = to_device(labels, device)
     shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -158,7 +164,7 @@ def run(args):
     try:
         x = generate(params, cfg, labels, args.steps, sampler, args.cfg_scale, args.seed, device,
                      args.guidance, args.eta, progress=not args.no_progress, decode=decode,
-                     workers=args.workers)
+                     workers=args.workers, prediction=prediction_of(meta))
     except KeyboardInterrupt as e:
         raise type(e)(f"{'terminated' if type(e).__name__ == 'Terminated' else 'interrupted'} while "
                       f"sampling; nothing was written") from None

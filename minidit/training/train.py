@@ -246,7 +246,7 @@ def train(args, run_dir, log=print, world=None):
         decode = encoder.decode if encoder is not None else None
         sampler = grid_sampler(args)  # "ddpm", or "euler" for a flow model
         x = generate(ema, cfg, labels, args.sample_steps, sampler, args.cfg_scale, seed=0, device=device,
-                     decode=decode)
+                     decode=decode, prediction=args.prediction)
         path = run_dir.path / "samples" / f"step_{step:07d}.png"
         save_grid(to_uint8(x), labels, data.class_names, path,
                   title=f"{args.model} EMA step {step}, {sampler} {args.sample_steps} steps, guidance {args.cfg_scale:g}")
