@@ -182,7 +182,7 @@ class GaussianDiffusion:
 
     def sample_timesteps(self, rng, n, device=None):
         """t ~ U{0..T-1}, (n,) int64 indices on `device`, drawn as the official train.py draws them
-        (PAPER.md 3.4). Other timestep distributions: minidit.diffusion.objectives."""
+        (the paper companion, docs/paper.md, section 3.4). Others: minidit.diffusion.objectives."""
         return rng.integers(0, self.num_timesteps, (n,), device=device)
 
     def model_timesteps(self, t):

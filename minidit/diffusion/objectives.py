@@ -62,8 +62,8 @@ def snr(alphas_cumprod):
 def min_snr_weights(alphas_cumprod, gamma, prediction="eps"):
     """Min-SNR-gamma weights of the mse term, float64 (T,), for what the model predicts.
 
-    Every prediction's error is a multiple of the x_0 error: the eps error is SNR_t times it, the
-    v error (SNR_t + 1) times it. Min-SNR weights the x_0 error by min(SNR_t, gamma), so the mse
+    At a given x_t every prediction's squared error is a multiple of the x_0 one: the eps error's
+    is SNR_t times it, the v error's (SNR_t + 1) times. Min-SNR weights the x_0 error by min(SNR_t, gamma), so the mse
     of eps is weighted min(SNR_t, gamma) / SNR_t (1 on the noisy steps, gamma / SNR_t on the
     nearly clean ones, whose loss is easy to lower), that of x_0 min(SNR_t, gamma), that of v
     min(SNR_t, gamma) / (SNR_t + 1)."""
@@ -75,7 +75,8 @@ def min_snr_weights(alphas_cumprod, gamma, prediction="eps"):
 
 
 class DiffusionObjective:
-    """DiT's Gaussian diffusion with a timestep sampler and optional Min-SNR-gamma weighting.
+    """DiT's Gaussian diffusion (its model predicting eps, x0 or v: diffusion.prediction) with a
+    timestep sampler and optional Min-SNR-gamma weighting.
 
     With TimestepSampler("uniform") and gamma None it draws and computes exactly what the bare
     GaussianDiffusion does (the default objective, bit for bit).

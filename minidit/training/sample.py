@@ -1,7 +1,7 @@
-"""Sampling from a trained minidit checkpoint (PAPER.md 4.4): respaced DDPM or DDIM, or the Euler
-and Heun ODE samplers of a flow-matching model (docs/objectives.md), with classifier-free guidance
-(minidit.guidance), writing a labelled PNG grid and optionally an .npz in the format of the ADM
-evaluation suite (uint8 NHWC images under arr_0, labels under arr_1).
+"""Sampling from a trained minidit checkpoint (PAPER.md 4.4): respaced DDPM or DDIM, with
+classifier-free guidance (minidit.guidance), writing a labelled PNG grid and optionally an .npz
+in the format of the ADM evaluation suite (uint8 NHWC images under arr_0, labels under arr_1).
+A flow-matching model is sampled by the Euler or Heun ODE solver instead (docs/objectives.md).
 
     python -m minidit.sample --ckpt runs/tiny --per-class 8 --cfg-scale 4 --out samples.png
 """
