@@ -1,6 +1,7 @@
 """Sampling from a trained minidit checkpoint (docs/paper.md §4.4): respaced DDPM or DDIM, with
 classifier-free guidance (minidit.guidance), writing a labelled PNG grid and optionally an .npz
 in the format of the ADM evaluation suite (uint8 NHWC images under arr_0, labels under arr_1).
+A flow-matching model is sampled by the Euler or Heun ODE solver instead (docs/objectives.md).
 
     python -m minidit.sample --ckpt runs/tiny --per-class 8 --cfg-scale 4 --out samples.png
 """
@@ -10,7 +11,7 @@ import numpy as np
 from ..backend import Generator, device_of, get_array_module, set_device, to_device, to_numpy
 from ..cli import (CommandFailed, CommandParser, atomic_write, check_output_file, check_positive, check_range,
                    run_command)
-from ..diffusion import create_diffusion
+from ..diffusion import LinearFlow, create_diffusion
 from ..guidance import make_model_fn
 from ..latent.autoencoder import load_vae_decoder
 from ..training.checkpoint import find_checkpoint, find_vae, load_model
@@ -18,27 +19,46 @@ from ..training.parallel import DataParallel, resolve_workers
 from ..training.viz import save_grid, to_uint8
 
 
+DIFFUSION_SAMPLERS, FLOW_SAMPLERS = ("ddpm", "ddim"), ("euler", "heun")
+
+
+def prediction_of(meta):
+    """What a checkpoint's model predicts for the Gaussian samplers: "eps" (DiT), "x0" or "v"."""
+    return meta.get("objective", {}).get("prediction", "eps")
+
+
+def samplers_for(meta):
+    """The samplers that fit a checkpoint's objective, the default first: DDPM/DDIM for the
+    Gaussian diffusion (also every checkpoint written before flow matching), Euler/Heun for flow."""
+    flow = meta.get("objective", {}).get("objective") == "flow"
+    return FLOW_SAMPLERS if flow else DIFFUSION_SAMPLERS
+
+
 def generate(params, cfg, labels, num_steps=250, sampler="ddpm", guidance_scale=4.0, seed=0,
-             device=None, guidance="all", eta=0.0, progress=False, decode=None, workers=0):
+             device=None, guidance="all", eta=0.0, progress=False, decode=None, workers=0, prediction="eps"):
     """Sample one image per label. Returns model-space images (N, C, H, W) float32 on the host
     (decoded to pixels by `decode` when the model works on autoencoder latents).
 
     cfg is the model's DiTConfig; guidance_scale >= 1 the classifier-free guidance scale (1: none).
-    sampler "ddpm" respaces to `num_steps` ("250" as the paper) and "ddim" uses "ddim<num_steps>".
+    sampler "ddpm" respaces to `num_steps` ("250" as the paper) and "ddim" uses "ddim<num_steps>";
+    "euler" and "heun" integrate a flow-matching model's ODE in `num_steps` steps (Heun calls the
+    model twice per step). Which family fits a checkpoint: samplers_for(meta); prediction (what
+    the model's first channels predict, for ddpm/ddim): prediction_of(meta).
     All noise comes from Generator(seed), so a seed reproduces the samples on CPU and GPU.
     workers: CPU threads that each run the model on a slice of the batch (0: one per CPU, see
     minidit.training.parallel); the images do not depend on it beyond float32 rounding.
     """
-    if sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"unknown sampler {sampler!r}: choose 'ddpm' or 'ddim'")
+    if sampler not in DIFFUSION_SAMPLERS + FLOW_SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(DIFFUSION_SAMPLERS + FLOW_SAMPLERS)}")
     if num_steps < 1:
         raise ValueError(f"number of sampling steps must be positive, got {num_steps}")
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= cfg.num_classes):
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise ValueError(f"class id {int(bad)} is outside [0, {cfg.num_classes})")
-    respacing = f"ddim{num_steps}" if sampler == "ddim" else str(num_steps)
-    diffusion = create_diffusion(respacing, learn_sigma=cfg.learn_sigma)
+    if sampler in DIFFUSION_SAMPLERS:
+        respacing = f"ddim{num_steps}" if sampler == "ddim" else str(num_steps)
+        diffusion = create_diffusion(respacing, learn_sigma=cfg.learn_sigma, prediction=prediction)
     rng = Generator(seed, device=device)
     y = to_device(labels, device)
     shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -50,7 +70,10 @@ def generate(params, cfg, labels, num_steps=250, sampler="ddpm", guidance_scale=
             parts = parallel.each(lambda piece: piece[1](x[piece[0]], t[piece[0]]), pieces)
             return parts[0] if len(parts) == 1 else get_array_module(x).concatenate(parts)
 
-        if sampler == "ddpm":
+        if sampler in FLOW_SAMPLERS:
+            x = LinearFlow().sample_loop(model_fn, shape, num_steps, sampler, rng=rng, progress=progress,
+                                         device=device)
+        elif sampler == "ddpm":
             x = diffusion.p_sample_loop(model_fn, shape, rng=rng, progress=progress, device=device)
         else:
             x = diffusion.ddim_sample_loop(model_fn, shape, rng=rng, eta=eta, progress=progress, device=device)
@@ -67,7 +90,9 @@ def build_parser():
     ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale >= 1 (paper pictures: 4.0)")
     ap.add_argument("--guidance", default="all", choices=["all", "official"],
                     help="guide all noise channels (default) or only channels 0-2 as the official code")
-    ap.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    ap.add_argument("--sampler", default=None, choices=DIFFUSION_SAMPLERS + FLOW_SAMPLERS,
+                    help="ddpm (default) or ddim for a diffusion model; euler (default) or heun for a "
+                         "flow model (--objective flow)")
     ap.add_argument("--steps", type=int, default=250, help="sampling steps (default 250, as the paper)")
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
     ap.add_argument("--seed", type=int, default=0)
@@ -126,20 +151,25 @@ def run(args):
     device = set_device(args.device)
     params, cfg, meta = load_model(args.ckpt, use_ema=not args.raw, device=device)
     classes = parse_classes(args.classes, cfg.num_classes)
+    fits = samplers_for(meta)
+    sampler = args.sampler or fits[0]
+    if sampler not in fits:
+        what = "flow" if fits == FLOW_SAMPLERS else "diffusion (ddpm)"
+        raise ValueError(f"--sampler {sampler} does not fit this {what} model: use {' or '.join(fits)}")
     decode = None
     vae_path = args.vae or (find_vae(meta["vae"], find_checkpoint(args.ckpt)) if meta.get("vae") else None)
     if vae_path:
         decode = load_vae_decoder(vae_path, device=device, latent_scale=meta.get("latent_scale"))
     labels = np.repeat(np.asarray(classes), args.per_class)
     try:
-        x = generate(params, cfg, labels, args.steps, args.sampler, args.cfg_scale, args.seed, device,
+        x = generate(params, cfg, labels, args.steps, sampler, args.cfg_scale, args.seed, device,
                      args.guidance, args.eta, progress=not args.no_progress, decode=decode,
-                     workers=args.workers)
+                     workers=args.workers, prediction=prediction_of(meta))
     except KeyboardInterrupt as e:
         raise type(e)(f"{'terminated' if type(e).__name__ == 'Terminated' else 'interrupted'} while "
                       f"sampling; nothing was written") from None
     images = to_uint8(x)
-    title = (f"{meta.get('model_name', 'DiT')}, step {meta.get('step')}, {args.sampler} {args.steps} steps, "
+    title = (f"{meta.get('model_name', 'DiT')}, step {meta.get('step')}, {sampler} {args.steps} steps, "
              f"guidance {args.cfg_scale:g}, {'raw' if args.raw else 'EMA'} weights")
     try:
         save_grid(images, labels, meta.get("class_names"), args.out, ncol=args.per_class, title=title)

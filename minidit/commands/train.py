@@ -11,13 +11,15 @@ import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
 from ..cli import CommandParser, check_positive, check_range, run_command
-from ..diffusion import create_diffusion
+from ..diffusion.objectives import describe
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from ..training.checkpoint import load_checkpoint
 from ..training.data import DataLoader, load_dataset
 from ..training.optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
+from .objective_args import (add_objective_arguments, check_objective_arguments, check_resumed_objective,
+                             config_overrides, grid_sampler, objective_for)
 from ..training.distributed import ProcessGradientSum, make_world, run_ranks
 from ..training.parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
 from ..training.rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
@@ -29,6 +31,8 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
     """One step of DiT's train.py: t ~ U{0..T-1}, noise, label dropout, forward, hybrid loss,
     backward, AdamW, EMA. Returns the batch means of loss, mse, vb and the gradient norm.
     The random draws happen in a fixed order (t, noise, dropout), so a seed fixes the run.
+    diffusion: DiT's GaussianDiffusion or another objective (minidit.diffusion.objectives): it
+    draws t, names the model's timesteps, noises x and gives the loss and its gradient.
 
     parallel: a minidit.training.parallel.DataParallel (entered) to split the batch over worker
     threads, as DDP splits it over GPUs; each shard's loss is weighted 1/N, so the summed
@@ -36,7 +40,7 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
     world: a minidit.training.distributed world of K ranks (None or SingleProcess: this process
     alone). Every rank draws the whole batch's randomness and computes its own shards of it."""
     N = x.shape[0]
-    t = rng.integers(0, diffusion.num_timesteps, (N,), device=device_of(x))
+    t = diffusion.sample_timesteps(rng, N, device_of(x))  # U{0..T-1} for DiT
     noise = rng.normal(x.shape, dtype=x.dtype, device=device_of(x))
     y = apply_label_dropout(y, cfg, rng)
     dloss = get_array_module(x).full((N,), 1.0 / N, dtype=x.dtype)  # d(batch mean) / d(loss_n)
@@ -53,7 +57,7 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
         shard, s = piece  # the shard's number (its place in the sum) and its slice of the batch
         try:
             x_t = diffusion.q_sample(x[s], t[s], noise[s])
-            out, cache = dit_forward(params, x_t, t[s], y[s], cfg)
+            out, cache = dit_forward(params, x_t, diffusion.model_timesteps(t[s]), y[s], cfg)
             terms = diffusion.training_losses(out, x[s], x_t, t[s], noise[s], dloss=dloss[s])
             dit_backward(terms.pop("grad"), cache, need_dx=False, release=True,
                          sink=lambda group: total.add(shard, group))
@@ -108,6 +112,7 @@ def build_parser():
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
     ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
     ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
+    add_objective_arguments(ap)
     ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
@@ -117,7 +122,7 @@ def build_parser():
     ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
     ap.add_argument("--no-sample-grid", action="store_true",
                     help="write no sample grids, not even the last (for scripts that score the checkpoints)")
-    ap.add_argument("--sample-steps", type=int, default=50, help="DDPM steps of the sample grids")
+    ap.add_argument("--sample-steps", type=int, default=50, help="DDPM (flow: Euler) steps of the sample grids")
     ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the sample grids")
     ap.add_argument("--vae", default=None, help="VAE checkpoint: train DiT on its latents (latent diffusion)")
     ap.add_argument("--no-progress", action="store_true")
@@ -143,6 +148,7 @@ def _validate(ap, a):
         ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
     if a.resume and a.overwrite:
         ap.error("--resume and --overwrite contradict each other")
+    check_objective_arguments(ap, a)
 
 
 def config_for(args, data, encoder=None):
@@ -155,6 +161,7 @@ def config_for(args, data, encoder=None):
             overrides[name] = getattr(args, name)
     if args.class_dropout is not None:
         overrides["class_dropout_prob"] = args.class_dropout
+    overrides.update(config_overrides(args))  # flow: learn_sigma False
     return DiT_models[args.model](**overrides)
 
 
@@ -181,7 +188,7 @@ def train(args, run_dir, log=print, world=None):
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
     cfg = config_for(args, data, encoder)
-    diffusion = create_diffusion("", learn_sigma=cfg.learn_sigma)
+    diffusion = objective_for(args, cfg)
     rng = Generator(args.seed, device=device)
     params = init_params(cfg, seed=args.seed, device=device)
     ema = init_ema(params)
@@ -212,6 +219,7 @@ def train(args, run_dir, log=print, world=None):
             log(f"note: the run used {ranks} rank{'s' if ranks > 1 else ''} (mpirun -n {ranks}) and now "
                 f"{world.size}; it continues, but the gradients are cut into other shards and summed in "
                 f"another order, so it will not match an uninterrupted run to the bit")
+        check_resumed_objective(meta, diffusion)
         if DiTConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta['config']} differs from the "
                              f"arguments' {cfg.to_dict()}")
@@ -229,18 +237,19 @@ def train(args, run_dir, log=print, world=None):
         state, groups = training_state(opt, rng, loader)
         meta = dict(kind="dit", config=cfg.to_dict(), model_name=args.model, class_names=data.class_names,
                     dataset=str(args.data), image_size=args.image_size, args=vars(args), workers=workers,
-                    ranks=world.size,
+                    ranks=world.size, objective=describe(diffusion),
                     vae=args.vae, latent_scale=getattr(encoder, "scale", None), **state)
         return run_dir.save(step, meta, model=params, ema=ema, **groups)
 
     def sample_grid(step):
         labels = np.repeat(np.arange(cfg.num_classes), 4 if cfg.num_classes <= 16 else 1)[:64]
         decode = encoder.decode if encoder is not None else None
-        x = generate(ema, cfg, labels, args.sample_steps, "ddpm", args.cfg_scale, seed=0, device=device,
-                     decode=decode)
+        sampler = grid_sampler(args)  # "ddpm", or "euler" for a flow model
+        x = generate(ema, cfg, labels, args.sample_steps, sampler, args.cfg_scale, seed=0, device=device,
+                     decode=decode, prediction=args.prediction)
         path = run_dir.path / "samples" / f"step_{step:07d}.png"
         save_grid(to_uint8(x), labels, data.class_names, path,
-                  title=f"{args.model} EMA step {step}, DDPM {args.sample_steps} steps, guidance {args.cfg_scale:g}")
+                  title=f"{args.model} EMA step {step}, {sampler} {args.sample_steps} steps, guidance {args.cfg_scale:g}")
         return path
 
     n_params = count_params(cfg)["trainable"]

@@ -7,6 +7,8 @@ import numpy as np
 from ..backend import get_array_module, is_gpu_array, to_numpy
 from . import losses
 
+PREDICTIONS = ("eps", "x0", "v")
+
 
 def _device_of(x):
     return "gpu" if is_gpu_array(x) else "cpu"
@@ -22,15 +24,20 @@ class GaussianDiffusion:
     coefficients up on the GPU, without a copy or a sync.
     learn_sigma=True: the model outputs (N, 2C, H, W) = [eps, v] with the LEARNED_RANGE
     variance; False: (N, C, H, W) = eps with FIXED_SMALL variance (the posterior variance).
+    prediction: what the first C channels predict: "eps" the noise (DiT), "x0" the clean image,
+    or "v" = sqrt(abar) eps - sqrt(1 - abar) x_0 (v-prediction, not the variance channels v).
     """
 
-    def __init__(self, betas, learn_sigma=True, timestep_map=None):
+    def __init__(self, betas, learn_sigma=True, timestep_map=None, prediction="eps"):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) == 0 or not np.all((betas > 0) & (betas <= 1)):
             raise ValueError("betas must be a non-empty 1-D array with values in (0, 1]")
         self.betas = betas
         self.num_timesteps = T = len(betas)
         self.learn_sigma = learn_sigma
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
+        self.prediction = prediction
         self.timestep_map = (np.arange(T, dtype=np.int64) if timestep_map is None
                              else np.asarray(timestep_map, dtype=np.int64))
 
@@ -118,12 +125,36 @@ class GaussianDiffusion:
         return (self.gather("posterior_log_variance_clipped", t, x),
                 self.gather("log_betas", t, x))
 
+    def pred_xstart_from(self, pred, x_t, t):
+        """The x_0 a prediction (N, C, H, W) of kind self.prediction implies at x_t (N, C, H, W)."""
+        if self.prediction == "x0":
+            return pred
+        t = self.indices(t, x_t.shape[0], like=x_t)
+        if self.prediction == "v":  # x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
+            return (self.gather("sqrt_alphas_cumprod", t, x_t) * x_t
+                    - self.gather("sqrt_one_minus_alphas_cumprod", t, x_t) * pred)
+        # x_0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps
+        return (self.gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                - self.gather("sqrt_recipm1_alphas_cumprod", t, x_t) * pred)
+
+    def prediction_target(self, x_start, noise, t):
+        """What the model's first C channels should output: eps, x_0 or v (N, C, H, W)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x_start
+        t = self.indices(t, x_start.shape[0], like=x_start)
+        return (self.gather("sqrt_alphas_cumprod", t, x_start) * noise
+                - self.gather("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start)
+
     # exercise: 3.1 Preliminaries: diffusion formulation
     def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
         """The reverse step p(x_{t-1} | x_t) the model output defines (docs/paper.md §3.5).
 
-        model_output: (N, 2C, H, W) = [eps_hat, v] when learn_sigma, else (N, C, H, W) = eps_hat.
-        Returns a dict of (N, C, H, W) arrays: mean, variance, log_variance, pred_xstart.
+        model_output: (N, 2C, H, W) = [eps_hat, v] when learn_sigma, else (N, C, H, W) = eps_hat
+        (x0_hat or v_hat in place of eps_hat for the other predictions; self.pred_xstart_from
+        turns any of them into x_0). Returns a dict of (N, C, H, W) arrays: mean, variance,
+        log_variance, pred_xstart.
         learn_sigma=False uses FIXED_SMALL: the posterior variance, with its clipped log (the
         official create_diffusion would pick FIXED_LARGE here; DiT itself always learns sigma).
         """
@@ -143,25 +174,34 @@ class GaussianDiffusion:
         else:
             variance = self.gather("posterior_variance", t, x_t) + xp.zeros_like(x_t)
             log_variance = self.gather("posterior_log_variance_clipped", t, x_t) + xp.zeros_like(x_t)
-        pred_xstart = (self.gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-                       - self.gather("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
+        pred_xstart = self.pred_xstart_from(eps, x_t, t)
         if clip_denoised:
             pred_xstart = xp.clip(pred_xstart, -1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "pred_xstart": pred_xstart}
 
-    def training_losses(self, model_output, x_start, x_t, t, noise, dloss=None):
+    def training_losses(self, model_output, x_start, x_t, t, noise, dloss=None, mse_weight=None):
         """Per-sample loss terms and the gradient on model_output; see losses.training_losses."""
-        return losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss)
+        return losses.training_losses(self, model_output, x_start, x_t, t, noise, dloss, mse_weight)
 
-    def _call_model(self, model_fn, x, t):
-        """model_fn(x, original timesteps as int64 on x's device) (docs/paper.md §3.3)."""
-        xp = get_array_module(x)
+    def sample_timesteps(self, rng, n, device=None):
+        """t ~ U{0..T-1}, (n,) int64 indices on `device`, drawn as the official train.py draws them
+        (the paper companion, docs/paper.md, section 3.4). Others: minidit.diffusion.objectives."""
+        return rng.integers(0, self.num_timesteps, (n,), device=device)
+
+    def model_timesteps(self, t):
+        """The timesteps the model is called with for chain indices t: timestep_map[t], as int64
+        on t's device (the indices themselves on the unrespaced chain of training)."""
+        xp = get_array_module(t)
         key = ("timestep_map", xp.__name__, "int64")
         if key not in self._tables:
             self._tables[key] = xp.asarray(self.timestep_map)
-        return model_fn(x, self._tables[key][t])
+        return self._tables[key][t]
+
+    def _call_model(self, model_fn, x, t):
+        """model_fn(x, original timesteps as int64 on x's device) (docs/paper.md §3.3)."""
+        return model_fn(x, self.model_timesteps(t))  # t is on x's device (indices(like=x))
 
     @staticmethod
     def _step_noise(x, noise, rng):

@@ -90,7 +90,7 @@ def discretized_gaussian_log_likelihood_grad_log_scales(x, means, log_scales):
     return xp.where(x < -0.999, d_log_cdf_plus, xp.where(x > 0.999, d_log_one_minus, d_log_delta))
 
 
-def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None):
+def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None, mse_weight=None):
     """The loss DiT trains with (LossType.MSE, docs/paper.md §3.4) and its gradient on model_output.
 
     model_output: (N, 2C, H, W) = [eps_hat, v] (learn_sigma) or (N, C, H, W) = eps_hat;
@@ -101,6 +101,9 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None)
     d sum_n(dloss_n loss_n) / d model_output, shaped like model_output.
     vb is in bits per dimension with no 1/1000 factor; it uses stop_grad(eps_hat).
     On a respaced chain the model output must come from the model called at timestep_map[t].
+    mse_weight: None (DiT), or (N,) per-sample weights w_n of the mse term, as Min-SNR weighting
+    sets them (minidit.diffusion.objectives): then loss = w mse + vb, "mse" stays unweighted and
+    the noise channels' gradient is w_n times the plain one; vb and its gradient are unchanged.
     """
     xp = get_array_module(x_start)
     N, C = x_start.shape[:2]
@@ -110,13 +113,20 @@ def training_losses(diffusion, model_output, x_start, x_t, t, noise, dloss=None)
     dloss = xp.asarray(dloss).reshape(N)
 
     # L_simple: mse = mean_{CHW} (eps_hat - noise)^2 per sample, the MSE layer of minidit.layers
-    mse, c_mse = mse_forward(model_output[:, :C], noise, per_sample=True)
-    d_eps = mse_backward(dloss, c_mse)
+    # (for x0- or v-prediction the target is x_0 or v instead of the noise)
+    target = noise if diffusion.prediction == "eps" else diffusion.prediction_target(x_start, noise, t)
+    mse, c_mse = mse_forward(model_output[:, :C], target, per_sample=True)
+    if mse_weight is None:
+        d_eps, simple = mse_backward(dloss, c_mse), mse
+    else:
+        # simple = w mse: the weight scales the upstream gradient of each sample's mse
+        w = xp.asarray(mse_weight).reshape(N)
+        d_eps, simple = mse_backward(dloss * w, c_mse), w * mse
     if not diffusion.learn_sigma:
-        return {"loss": mse, "mse": mse, "grad": d_eps}
+        return {"loss": simple, "mse": mse, "grad": d_eps}
 
     vb, d_v = vb_bits_and_grad(diffusion, model_output, x_start, x_t, t, dloss)
-    return {"loss": mse + vb, "mse": mse, "vb": vb, "grad": xp.concatenate([d_eps, d_v], axis=1)}
+    return {"loss": simple + vb, "mse": mse, "vb": vb, "grad": xp.concatenate([d_eps, d_v], axis=1)}
 
 
 # exercise: 3.1 Preliminaries: diffusion formulation

@@ -72,18 +72,20 @@ def space_timesteps(num_timesteps, section_counts):
 
 
 def create_diffusion(timestep_respacing="", noise_schedule="linear", learn_sigma=True,
-                     diffusion_steps=1000):
+                     diffusion_steps=1000, prediction="eps"):
     """DiT's diffusion (docs/paper.md §3.1): always respaced, even "" (all steps), like the official code.
 
     timestep_respacing: "" (all steps), "N", "N,M,..." or "ddimN" (see space_timesteps).
     The betas of the kept steps s_0 < s_1 < ... are recomputed from alpha-bar:
     beta'_j = 1 - abar_{s_j} / abar_{s_{j-1}}, with abar_{s_{-1}} = 1.
+    prediction: "eps" (DiT), "x0" or "v", what the model predicts (GaussianDiffusion).
     """
     if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, (int, np.integer)) \
             or diffusion_steps < 1:
         raise ValueError(f"diffusion_steps must be a positive integer, got {diffusion_steps!r}")
-    base = GaussianDiffusion(get_named_beta_schedule(noise_schedule, diffusion_steps), learn_sigma)
+    base = GaussianDiffusion(get_named_beta_schedule(noise_schedule, diffusion_steps), learn_sigma,
+                             prediction=prediction)
     use = space_timesteps(diffusion_steps, timestep_respacing or str(diffusion_steps))
     kept = base.alphas_cumprod[use]
     betas = 1.0 - kept / np.append(1.0, kept[:-1])
-    return GaussianDiffusion(betas, learn_sigma, timestep_map=use)
+    return GaussianDiffusion(betas, learn_sigma, timestep_map=use, prediction=prediction)
