@@ -96,6 +96,8 @@ SHARED_WITH_GIVEN_CODE = {
     "a, c_attn = _attn(P, pre, h, num_heads)": "the given ViT block designs call the same helper",
     "m, c_mlp = _mlp(P, pre, h)": "the given ViT block designs call the same helper",
     "t = self.indices(t, x.shape[0], like=x)": "the given log_variance_range makes the same call",
+    "t = self.indices(t, x_t.shape[0], like=x_t)": "the given pred_xstart_from makes the same call",
+    "t = self.indices(t, x_start.shape[0], like=x_start)": "the given prediction_target makes the same call",
     "centered_x = x - means": "the given discretized_gaussian_log_likelihood (the forward) computes it",
     "inv_stdv = xp.exp(-log_scales)": "the given discretized_gaussian_log_likelihood (the forward) computes it",
 }

@@ -14,7 +14,7 @@ from minidit.diffusion.flow import (TIME_SCALE, LinearFlow, flow_losses, interpo
                                     velocity_target)
 from minidit.guidance import make_model_fn
 from minidit.model import dit_apply
-from minidit.training import sample, train
+from minidit.commands import sample, train
 from minidit.training.checkpoint import checkpoints_of, load_checkpoint
 from test_train import _args
 

@@ -225,7 +225,7 @@ def test_min_snr_v_prediction_loss_gradient(xp):
 def test_x0_prediction_trains_and_samples_end_to_end(tmp_path):
     """`python -m minidit.train --prediction x0` records what its model predicts, and
     `python -m minidit.sample` samples it as an x0 model (not as a noise model)."""
-    from minidit.training import sample, train
+    from minidit.commands import sample, train
     from minidit.training.checkpoint import load_checkpoint
     from test_train import TINY
     out = tmp_path / "x0"
