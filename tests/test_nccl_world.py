@@ -28,8 +28,6 @@ def test_the_tuple_form_of_cupy_13_travels_unchanged():
     import numpy as np
 
     class Nccl13:
-        NCCL_UNIQUE_ID_BYTES = 128
-
         @staticmethod
         def get_unique_id():
             return tuple(int(v) for v in np.arange(-64, 64))

@@ -133,7 +133,7 @@ def nccl_unique_id(nccl, comm, rank, as_bytes):
     integers themselves for the tuple form (C chars, signed or not as the platform's char is;
     every rank of a job runs on the same kind of machine), so nothing is pickled."""
     import numpy as np
-    n = getattr(nccl, "NCCL_UNIQUE_ID_BYTES", 128)
+    n = 128  # NCCL_UNIQUE_ID_BYTES of nccl.h (not a Python name in cupy.cuda.nccl)
     buf = np.zeros(n, np.int64)
     if rank == 0:
         uid = nccl.get_unique_id()

@@ -394,7 +394,7 @@ lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
         _np.lib.stride_tricks.as_strided(_unwrap(x), shape=shape, strides=strides, **kw))))
 
 
-class Device:
+class _Device:
     """cupy.cuda.Device: Device() is the current device, Device(i) device i."""
 
     def __init__(self, device=None):
@@ -415,7 +415,7 @@ class Device:
         return False
 
 
-class Stream:
+class _Stream:
     """cupy.cuda.Stream (the null stream only)."""
     ptr = 0
 
@@ -448,8 +448,8 @@ class _NcclCommunicator:
     def __init__(self, ndev, commId, rank):
         if not isinstance(commId, bytes):
             raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got {type(commId).__name__})")
-        if len(commId) != _nccl.NCCL_UNIQUE_ID_BYTES:
-            raise ValueError(f"commId length {len(commId)} != {_nccl.NCCL_UNIQUE_ID_BYTES}.")
+        if len(commId) != _NCCL_ID_BYTES:
+            raise ValueError(f"commId length {len(commId)} != {_NCCL_ID_BYTES}.")
         if not 0 <= int(rank) < int(ndev):
             raise ValueError(f"cupy stand-in: rank {rank} outside 0..{ndev - 1}")
         self.ndev, self.commId, self.rank = int(ndev), commId, int(rank)
@@ -458,14 +458,16 @@ class _NcclCommunicator:
         raise NotImplementedError("the cupy stand-in has no NCCL transport")
 
 
-# cupy.cuda.nccl as CuPy 14 has it with the NCCL library installed (values as in nccl.h)
+# cupy.cuda.nccl as CuPy 14 has it with the NCCL library installed (values as in nccl.h; the
+# id's length, NCCL_UNIQUE_ID_BYTES, is not a Python name there)
+_NCCL_ID_BYTES = 128
 _nccl = types.SimpleNamespace(
-    NCCL_UNIQUE_ID_BYTES=128, NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0,
-    get_unique_id=lambda: os.urandom(128), NcclCommunicator=_NcclCommunicator)
+    NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0,
+    get_unique_id=lambda: os.urandom(_NCCL_ID_BYTES), NcclCommunicator=_NcclCommunicator)
 sys.modules[__name__ + ".cuda.nccl"] = _nccl
 
-cuda = types.SimpleNamespace(runtime=_Runtime(), Device=Device, Stream=Stream, nccl=_nccl,
-                             get_current_stream=lambda: Stream(),
+cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Stream=_Stream, nccl=_nccl,
+                             get_current_stream=lambda: _Stream(),
                              is_available=lambda: cuda.runtime.device_count > 0)
 sys.modules[__name__ + ".cuda"] = cuda
 
