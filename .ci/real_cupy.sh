@@ -6,15 +6,20 @@
 # pointed at them: it finds neither NVRTC nor the headers inside wheels by itself, so both get
 # CUDA_PATH and LD_LIBRARY_PATH (the same pinned headers for both, not a toolkit the machine may
 # have). The checks use CuPy internals: change a pin only together with a run of this script.
+#
+# MINIDIT_REAL_CUPY_VENVS: the folder that holds the two environments (default: the repository
+# root); .ci/run keeps them outside the clone, so that a fresh clone reuses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+VENVS=${MINIDIT_REAL_CUPY_VENVS:-.}
+mkdir -p "$VENVS"
 NUMPY=2.4.6 NVRTC=12.9.86 CUDART=12.9.79 NCCL=2.28.9
 start=$(date +%s)
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 install() {  # install <venv suffix> <packages...>
-  local venv=".ci-cupy$1"
+  local venv="$VENVS/.ci-cupy$1"
   shift
   [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "numpy==$NUMPY" pytest -r requirements.txt "$@" \
@@ -26,11 +31,11 @@ install 13 cupy-cuda12x==13.6.0 > "$logs/install-13" 2>&1 & i13=$!
 wait $i14 && wait $i13 || { cat "$logs"/install-*; echo "real-cupy job: install FAILED"; exit 1; }
 cat "$logs"/install-*
 echo "real-cupy job: installs done in $(( $(date +%s) - start )) s"
-nv="$(.ci-cupy14/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia"
+nv="$("$VENVS/.ci-cupy14/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia"
 run_one() {  # run_one <venv suffix>
   CUDA_PATH="$nv/cuda_runtime" LD_LIBRARY_PATH="$nv/cuda_nvrtc/lib:$nv/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     PYTHONPATH="$PWD" MINIDIT_REAL_CUPY=1 MINIDIT_REAL_CUPY_SUMMARY="$logs/summary-$1" MPLBACKEND=Agg \
-    ".ci-cupy$1/bin/python" -m pytest -q -p no:cacheprovider tests/real_cupy
+    "$VENVS/.ci-cupy$1/bin/python" -m pytest -q -p no:cacheprovider tests/real_cupy
 }
 run_one 14 > "$logs/log-14" 2>&1 & p14=$!
 run_one 13 > "$logs/log-13" 2>&1 & p13=$!
