@@ -46,7 +46,7 @@ def matmul_rate(n=2048, repeats=5, device="cpu"):
     import numpy as np
     if device == "gpu":
         import cupy as xp
-        sync = xp.cuda.get_current_device().synchronize
+        sync = xp.cuda.runtime.deviceSynchronize
     else:
         xp, sync = np, (lambda: None)
     rng = np.random.default_rng(0)

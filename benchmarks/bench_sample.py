@@ -52,7 +52,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--workers", type=int, default=0,
                     help="data-parallel threads sharing the batch (0: one per CPU; minidit/training/parallel.py)")
-    ap.add_argument("--quick", action="store_true", help="fewer steps and images")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and images, a smaller matmul")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     images = args.images or (16 if args.quick else 64)
@@ -84,7 +84,10 @@ def main(argv=None):
     best = min(times)
     batch = 2 * images if args.cfg_scale > 1 else images
     flops = 2.0 * forward_macs(cfg) * batch * steps
-    mm = measure_matmul((2048,), 3, "cpu") if args.device == "cpu" else measure_matmul((4096, 8192), 5, "gpu")
+    if args.device == "cpu":
+        mm = measure_matmul((2048,), 3, "cpu")
+    else:  # quick: one small product (the dry run of gpu_check.py runs this on the CuPy stand-in)
+        mm = measure_matmul((1024,), 1, "gpu") if args.quick else measure_matmul((4096, 8192), 5, "gpu")
     lib, threads = blas_threads()
     res = {"model": args.ckpt or args.model, "device": args.device, "machine": mm["machine"],
            "cpu_count": os.cpu_count(), "blas_threads": threads, "workers": workers, "images": images, "steps": steps,

@@ -102,7 +102,7 @@ def synchronizer(device):
     import torch
 
     def sync():
-        cupy.cuda.get_current_device().synchronize()
+        cupy.cuda.Device().synchronize()
         torch.cuda.synchronize()
     return sync
 
@@ -214,7 +214,7 @@ def memory_gpu(fns, steps):
 
     res = {"minidit": {}, "torch": {}}
     for (fw, label), fn in fns.items():
-        cupy.cuda.get_current_device().synchronize()
+        cupy.cuda.Device().synchronize()
         torch.cuda.synchronize()
         if fw == "minidit":
             state = cupy.get_default_memory_pool().used_bytes()
@@ -222,7 +222,7 @@ def memory_gpu(fns, steps):
             with hook:
                 for _ in range(steps):
                     fn()
-                cupy.cuda.get_current_device().synchronize()
+                cupy.cuda.Device().synchronize()
             transient = hook.peak
         else:
             state = torch.cuda.memory_allocated()

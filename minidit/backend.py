@@ -155,9 +155,12 @@ def cache_blocks(*arrays):
 
 
 def synchronize(device=None):
-    """Wait for queued GPU work to finish (a no-op on the CPU); call before reading a timer."""
+    """Wait for queued GPU work to finish (a no-op on the CPU); call before reading a timer.
+
+    `cupy.cuda.Device()` is the current device (CuPy 13 and 14 alike; CuPy has no function that
+    returns it)."""
     if (get_device() if device is None else resolve_device(device)) == "gpu":
-        _import_cupy().cuda.get_current_device().synchronize()
+        _import_cupy().cuda.Device().synchronize()
 
 
 class Generator:

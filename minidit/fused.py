@@ -146,13 +146,18 @@ def gated_residual_forward(x, branch, gate):
 
 
 def adamw_update(p, g, m, v, lr, b1, b2, eps, weight_decay, step_size, bc2_sqrt):
-    """One AdamW update of one parameter, in place: one fused kernel and three copies back."""
+    """One AdamW update of one parameter, in place: one fused kernel and three copies back.
+
+    The scalars go in typed as the parameter's dtype (np.float32 for float32 weights): CuPy 13's
+    fusion reads a Python float as a double and would do the float32 update in float64."""
     xp = get_array_module(p)
-    new_p, new_m, new_v = kernels(xp)["adamw"](p, g, m, v, 1 - lr * weight_decay, 1 - b1, b2, 1 - b2,
-                                               step_size, bc2_sqrt, eps)
+    f = p.dtype.type
+    new_p, new_m, new_v = kernels(xp)["adamw"](p, g, m, v, f(1 - lr * weight_decay), f(1 - b1), f(b2), f(1 - b2),
+                                               f(step_size), f(bc2_sqrt), f(eps))
     p[...], m[...], v[...] = new_p, new_m, new_v
 
 
 def ema_update(e, p, decay):
-    """e <- decay e + (1 - decay) p, in place."""
-    e[...] = kernels(get_array_module(e))["ema"](e, p, decay, 1 - decay)
+    """e <- decay e + (1 - decay) p, in place (the scalars typed as e's dtype, as in adamw_update)."""
+    f = e.dtype.type
+    e[...] = kernels(get_array_module(e))["ema"](e, p, f(decay), f(1 - decay))

@@ -98,3 +98,14 @@ def test_fusing_cuts_the_kernel_launches_of_a_training_step(standin, monkeypatch
         print(f"\n[stand-in] Tiny/4 b32 training step: {unfused} kernel launches unfused, {with_fused} fused "
               f"({with_fused / unfused:.2f}x)")
     assert with_fused < 0.75 * unfused
+
+
+def test_a_fused_function_takes_positional_arguments_only(standin):
+    """As CuPy's fused functions do (Fusion.__call__(self, *args)): the stand-in refuses keywords,
+    so a call that only the stand-in would accept cannot pass here."""
+    from minidit import fused
+    K = fused.kernels(standin)
+    x = standin.ones((2, 3), dtype=standin.float32)
+    assert K["gated"](x, x, x).shape == (2, 3)
+    with pytest.raises(TypeError, match="keyword"):
+        K["gated"](x, gate=x, branch=x)

@@ -120,22 +120,48 @@ class MPIWorld:
         self.comm.Abort(code)
 
 
+def nccl_id_is_bytes(cupy):
+    """True when this CuPy's NCCL unique id is `bytes` (CuPy 14 and later); CuPy 13 gives and takes
+    a tuple of 128 small integers (C chars) instead."""
+    return int(cupy.__version__.split(".")[0]) >= 14
+
+
+def nccl_unique_id(nccl, comm, rank, as_bytes):
+    """Rank 0's NCCL unique id on every rank, in the form this CuPy's NcclCommunicator takes.
+
+    The id travels over MPI as 128 int64 values: byte values 0..255 for the `bytes` form, the
+    integers themselves for the tuple form (C chars, signed or not as the platform's char is;
+    every rank of a job runs on the same kind of machine), so nothing is pickled."""
+    import numpy as np
+    n = 128  # NCCL_UNIQUE_ID_BYTES of nccl.h (not a Python name in cupy.cuda.nccl)
+    buf = np.zeros(n, np.int64)
+    if rank == 0:
+        uid = nccl.get_unique_id()
+        if len(uid) != n:
+            raise RuntimeError(f"NCCL unique id of {len(uid)} bytes, expected {n}")
+        buf[:] = np.frombuffer(uid, np.uint8) if isinstance(uid, bytes) else np.asarray(uid, np.int64)
+    comm.Bcast(buf, root=0)
+    if as_bytes:
+        return (buf & 0xFF).astype(np.uint8).tobytes()
+    return tuple(int(v) for v in buf)
+
+
 class NCCLWorld(MPIWorld):
     """One rank per GPU: MPI starts the ranks and hands out NCCL's id; NCCL moves the gradients
-    between the GPUs (cupy.cuda.nccl), as PyTorch DDP does. Untested without two GPUs."""
+    between the GPUs (cupy.cuda.nccl), as PyTorch DDP does. The construction is tested against
+    the real cupy.cuda.nccl of CuPy 13 and 14 without a GPU (tests/real_cupy); no collective has
+    run across two GPUs yet (docs/gpu.md)."""
     name = "NCCL"
 
     def __init__(self):
         super().__init__()
         import cupy
         from cupy.cuda import nccl
+        if not hasattr(nccl, "get_unique_id"):  # CuPy found no NCCL library
+            raise RuntimeError("--device gpu over several ranks needs NCCL: pip install 'minidit[gpu]' "
+                               "(installs nvidia-nccl-cu12 with CuPy)")
         cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
-        import numpy as np
-        uid = np.zeros(nccl.NCCL_UNIQUE_ID_BYTES if hasattr(nccl, "NCCL_UNIQUE_ID_BYTES") else 128, np.int64)
-        if self.rank == 0:
-            uid[:] = nccl.get_unique_id()  # 128 small integers
-        self.comm.Bcast(uid, root=0)
-        uid = tuple(int(v) for v in uid)
+        uid = nccl_unique_id(nccl, self.comm, self.rank, nccl_id_is_bytes(cupy))
         self.nccl, self.cupy = nccl, cupy
         self.ncomm = nccl.NcclCommunicator(self.size, uid, self.rank)
         self._dtypes = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}

@@ -22,7 +22,7 @@ import types
 
 import numpy as _np
 
-__version__ = "0.0+minidit-standin"
+__version__ = "14.2.0+minidit-standin"  # the CuPy whose API it imitates (cupy.cuda.nccl included)
 STANDIN = True  # how a test tells this from the real CuPy
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -361,13 +361,16 @@ def get_array_module(*args):
 
 def fuse(*args, **kwargs):
     """cupy.fuse compiles a Python function of element-wise operations into one kernel; the
-    stand-in runs the function as written, on device arrays, and counts one kernel."""
+    stand-in runs the function as written, on device arrays, and counts one kernel. As CuPy's
+    fused function, it takes positional arguments only."""
     def decorate(fn):
         def fused(*a, **k):
+            if k:  # CuPy: Fusion.__call__(self, *args)
+                raise TypeError(f"__call__() got an unexpected keyword argument {next(iter(k))!r}")
             _count("kernel")
             _fusing[0] += 1
             try:
-                return fn(*a, **k)
+                return fn(*a)
             finally:
                 _fusing[0] -= 1
         fused.__name__ = fn.__name__
@@ -392,7 +395,15 @@ lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
 
 
 class _Device:
-    id = 0
+    """cupy.cuda.Device: Device() is the current device, Device(i) device i."""
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+        if not 0 <= self.id < cuda.runtime.device_count:
+            raise RuntimeError(f"cupy stand-in: no device {self.id}")
+
+    def use(self):
+        pass
 
     def synchronize(self):
         _count("sync")
@@ -404,11 +415,25 @@ class _Device:
         return False
 
 
+class _Stream:
+    """cupy.cuda.Stream (the null stream only)."""
+    ptr = 0
+
+    def synchronize(self):
+        _count("sync")
+
+
 class _Runtime:
     device_count = 1  # a test sets it to 0 to see what minidit does without a GPU
 
     def getDeviceCount(self):
         return self.device_count
+
+    def getDevice(self):
+        return 0
+
+    def deviceSynchronize(self):
+        _count("sync")
 
     def getDeviceProperties(self, i):
         return {"name": b"minidit CuPy stand-in (NumPy on the CPU)", "totalGlobalMem": 0}
@@ -417,5 +442,35 @@ class _Runtime:
         return 0
 
 
-cuda = types.SimpleNamespace(runtime=_Runtime(), get_current_device=lambda: _Device(), Device=lambda i=0: _Device(),
+class _NcclCommunicator:
+    """cupy.cuda.nccl.NcclCommunicator of CuPy 14: the id is `bytes` (CuPy 13 took a tuple)."""
+
+    def __init__(self, ndev, commId, rank):
+        if not isinstance(commId, bytes):
+            raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got {type(commId).__name__})")
+        if len(commId) != _NCCL_ID_BYTES:
+            raise ValueError(f"commId length {len(commId)} != {_NCCL_ID_BYTES}.")
+        if not 0 <= int(rank) < int(ndev):
+            raise ValueError(f"cupy stand-in: rank {rank} outside 0..{ndev - 1}")
+        self.ndev, self.commId, self.rank = int(ndev), commId, int(rank)
+
+    def allGather(self, sendbuf, recvbuf, count, datatype, stream):
+        raise NotImplementedError("the cupy stand-in has no NCCL transport")
+
+
+# cupy.cuda.nccl as CuPy 14 has it with the NCCL library installed (values as in nccl.h; the
+# id's length, NCCL_UNIQUE_ID_BYTES, is not a Python name there)
+_NCCL_ID_BYTES = 128
+_nccl = types.SimpleNamespace(
+    NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0,
+    get_unique_id=lambda: os.urandom(_NCCL_ID_BYTES), NcclCommunicator=_NcclCommunicator)
+sys.modules[__name__ + ".cuda.nccl"] = _nccl
+
+cuda = types.SimpleNamespace(runtime=_Runtime(), Device=_Device, Stream=_Stream, nccl=_nccl,
+                             get_current_stream=lambda: _Stream(),
                              is_available=lambda: cuda.runtime.device_count > 0)
+sys.modules[__name__ + ".cuda"] = cuda
+
+# names that only the stand-in has: the test knobs (tests/real_cupy checks every other public
+# name of this module against the real CuPy)
+STANDIN_ONLY = {"STANDIN", "STANDIN_ONLY", "counts", "reset_counts", "cuda.runtime.device_count"}
