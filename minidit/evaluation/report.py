@@ -7,6 +7,17 @@ from ..training.viz import figure
 from .evaluate import FD_NAME
 from .statistics import CHANCE, MODES, fmt_interval, mode_name
 
+TITLE_SIZE = 9  # every panel title and figure title: one size, wrapped to fit above its panel
+
+
+def _titles(fig, axes, suptitle):
+    """One font size for every title, and a layout that keeps the figure title clear of the panels'."""
+    for ax in axes:
+        ax.title.set_fontsize(TITLE_SIZE)
+    fig.suptitle(suptitle, fontsize=TITLE_SIZE)
+    fig.tight_layout()
+
+
 def _save(fig, path):
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=100)
@@ -32,14 +43,13 @@ def _over_training(runs, name, out):
         _band(axes[2], steps, [e["loss"] for e in s], label)
     n = next(iter(runs.values()))["summary"][0]["unguided"]["n_samples"]
     axes[0].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)",
-                title=f"Fréchet distance, unguided, {n} samples")
+                title=f"Fréchet distance, unguided,\n{n} samples per point")
     axes[1].set(xlabel="training step", ylabel="class accuracy of samples (%)",
-                title=f"class accuracy, unguided, {n} samples")
+                title=f"class accuracy, unguided,\n{n} samples per point")
     axes[1].axhline(10, color="gray", lw=0.8, ls=":")
-    axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss", yscale="log")
+    axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss\n", yscale="log")
     axes[0].legend(fontsize=7)
-    fig.suptitle("mean over seeds; bands: 95% two-level bootstrap (seeds, then samples)", fontsize=8)
-    fig.tight_layout()
+    _titles(fig, axes, "mean over seeds; bands: 95% two-level bootstrap (seeds, then samples)")
     path = out / f"{name}_over_training.png"
     _save(fig, path)
     return path
@@ -50,9 +60,9 @@ def _final_bars(runs, name, out):
     axes = fig.subplots(1, 3)
     labels = list(runs)
     n = runs[labels[0]]["summary"][-1]["final_unguided"]["n_samples"]
-    panels = [("final_unguided", FD_NAME, 1, f"FD, unguided, {n} samples (lower is better)"),
-              ("final_unguided", "class_accuracy", 100, f"class accuracy %, unguided, {n} samples"),
-              ("final_guided", "class_accuracy", 100, f"class accuracy %, guidance 4, {n} samples")]
+    panels = [("final_unguided", FD_NAME, 1, f"FD, unguided, {n} samples\n(lower is better)"),
+              ("final_unguided", "class_accuracy", 100, f"class accuracy %, unguided,\n{n} samples"),
+              ("final_guided", "class_accuracy", 100, f"class accuracy %, guidance 4,\n{n} samples")]
     for ax, (mode, metric, scale, title) in zip(axes, panels):
         vals = [runs[n]["summary"][-1][mode][metric] for n in labels]
         mean = np.array([v["mean"] for v in vals]) * scale
@@ -64,8 +74,7 @@ def _final_bars(runs, name, out):
         ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
         ax.set(title=title, ylabel=title.split(",")[0])
     step = runs[labels[0]]["summary"][-1]["step"]
-    fig.suptitle(f"step {step}: bars = mean over seeds with 95% two-level bootstrap interval; dots = seeds", fontsize=8)
-    fig.tight_layout()
+    _titles(fig, axes, f"step {step}: bars = mean over seeds with 95% two-level bootstrap interval; dots = seeds")
     path = out / f"{name}_final.png"
     _save(fig, path)
     return path
@@ -96,8 +105,7 @@ def plot(name, result, out):
             ax.set(xscale="log", xlabel="Gflops per forward pass",
                    ylabel=(f"final {FD_NAME}, {n} samples" if metric == FD_NAME
                            else f"final class accuracy (%), {n} samples"),
-                   title=f"quality against Gflops{note}")
-            ax.title.set_fontsize(8)
+                   title=f"quality against Gflops\n{note.strip()}")
         ax = axes[2]
         pts = []
         for label, r in runs.items():
@@ -114,9 +122,9 @@ def plot(name, result, out):
         ax.plot(*zip(*frontier), color="k", ls="--", lw=1, label="frontier")
         n = next(iter(runs.values()))["summary"][0]["unguided"]["n_samples"]
         ax.set(xscale="log", xlabel="training compute (Gflops x batch x steps x 3)",
-               ylabel=f"{FD_NAME}, unguided, {n} samples", title="quality against training compute")
+               ylabel=f"{FD_NAME}, unguided, {n} samples", title="quality against training compute\n")
         ax.legend(fontsize=6)
-        fig.tight_layout()
+        _titles(fig, axes, "final values: mean over seeds with 95% two-level interval; right: the curves of every step")
         paths.append(out / "scaling_vs_compute.png")
         _save(fig, paths[-1])
     if name == "budget":
@@ -136,15 +144,12 @@ def plot(name, result, out):
         axes[0].axhline(100 * CHANCE, color="gray", ls=":", lw=1)
         axes[0].axhline(200 * CHANCE, color="gray", ls="--", lw=0.8)
         axes[0].set(xlabel="training step", ylabel="class accuracy of samples (%)",
-                    title="class accuracy (dotted: chance; dashed: twice chance)")
-        axes[1].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)", title="Fréchet distance")
+                    title="class accuracy\n(dotted: chance; dashed: twice chance)")
+        axes[1].set(xlabel="training step", ylabel=f"{FD_NAME} (lower is better)", title="Fréchet distance\n")
         axes[2].plot([e["step"] for e in h], [e["loss"] for e in h], marker="o")
-        axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss")
+        axes[2].set(xlabel="training step", ylabel="training loss (mean of 50 steps)", title="training loss\n")
         axes[0].legend(fontsize=7)
-        for ax in axes[:2]:
-            ax.title.set_fontsize(9)
-        fig.suptitle("budget study: Tiny/1 adaLN-Zero, seed 0; bands: 95% bootstrap over the samples", fontsize=8)
-        fig.tight_layout()
+        _titles(fig, axes, "budget study: Tiny/1 adaLN-Zero, seed 0; bands: 95% bootstrap over the samples")
         paths.append(out / "budget.png")
         _save(fig, paths[-1])
     if name == "sampling-compute":
@@ -159,12 +164,11 @@ def plot(name, result, out):
                 for e in c:
                     ax.annotate(str(e["sampling_steps"]), (e["sampling_compute_gflops"], e[metric] * scale), fontsize=6)
         axes[0].set(xscale="log", xlabel="sampling compute per image (Gflops x steps)", ylabel=f"{FD_NAME}, unguided",
-                    title="quality against sampling compute (labels: steps)")
+                    title="quality against sampling compute\n(labels: sampling steps)")
         axes[1].set(xscale="log", xlabel="sampling compute per image (Gflops x steps)",
-                    ylabel="class accuracy (%), unguided", title="class accuracy against sampling compute")
+                    ylabel="class accuracy (%), unguided", title="class accuracy against sampling compute\n")
         axes[0].legend(fontsize=7)
-        fig.suptitle("bands: 95% bootstrap interval over the samples (one training seed)", fontsize=8)
-        fig.tight_layout()
+        _titles(fig, axes, "bands: 95% bootstrap interval over the samples (one training seed)")
         paths.append(out / "sampling_compute.png")
         _save(fig, paths[-1])
     return paths
