@@ -4,6 +4,9 @@ whole-model forward and hand-written backward over a flat parameter dict.
 x (N, C, I, I) -> patch tokens + fixed position embedding -> L blocks conditioned on the
 timestep and label embeddings -> final layer -> unpatchify -> (N, C_out, I, I), where C_out is
 2C with learned variance (noise then variance channels) and C otherwise.
+
+Its 320-odd lines stay one module: the parameter names that param_shapes defines are the ones
+init_params fills, dit_forward reads and dit_backward returns, and they are read side by side.
 """
 import functools
 import math

@@ -1,12 +1,15 @@
 """The autograder's cases: for every exercise, the calls it is graded on (small float64 inputs
 from a fixed seed). Only inputs are built here, never an answer: the expected outputs come from
-running the reference bodies once (minidit.course.autograder.record) and are stored as numbers
+running the reference bodies once (minidit.course.recording.record) and are stored as numbers
 in the student edition.
 
 A case is a function that returns a list of Call. Inputs built with other exercises (a backward's
 cache comes from its forward) are stored too, so a student edition needs none of them written.
 Objects that are not arrays (a GaussianDiffusion, a block design, a toy model function) are
 "live": `setup` builds them afresh in the grading process, from code that is no exercise.
+
+At about 340 lines it stays one module on purpose: it is a table of one short case per exercise,
+read one entry at a time, and keeping the table whole keeps every case's registration in one place.
 """
 from dataclasses import dataclass, field
 
