@@ -2,7 +2,10 @@
 The code is in minidit/evaluation/experiments.py; this file only keeps the command short to type."""
 import sys
 
-from .evaluation.experiments import main
+from .cli import interrupted_on_import
+
+with interrupted_on_import("python -m minidit.experiments", __name__):
+    from .evaluation.experiments import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,10 @@
 The code is in minidit/training/sample.py; this file only keeps the command short to type."""
 import sys
 
-from .training.sample import main
+from .cli import interrupted_on_import
+
+with interrupted_on_import("python -m minidit.sample", __name__):
+    from .training.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

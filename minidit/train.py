@@ -2,7 +2,10 @@
 The code is in minidit/training/train.py; this file only keeps the command short to type."""
 import sys
 
-from .training.train import main
+from .cli import interrupted_on_import
+
+with interrupted_on_import("python -m minidit.train", __name__):
+    from .training.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,10 @@
 The code is in minidit/latent/train_vae.py; this file only keeps the command short to type."""
 import sys
 
-from .latent.train_vae import main
+from .cli import interrupted_on_import
+
+with interrupted_on_import("python -m minidit.train_vae", __name__):
+    from .latent.train_vae import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,17 +10,18 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
-from ..cli import CommandParser, check_positive, check_range, run_command
+from ..cli import CommandParser, OutOfMemory, check_output_folder, check_positive, check_range, run_command
 from ..diffusion import create_diffusion
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, resolve_input
 from .data import DataLoader, load_dataset
 from .optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
 from .distributed import ProcessGradientSum, make_world, run_ranks
 from .parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
-from .rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
+from .rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args, restore_training_state,
+                     training_state)
 from .sample import generate
 from .viz import save_grid, to_uint8
 
@@ -139,6 +140,8 @@ def _validate(ap, a):
     check_range(ap, a, "workers", 0)
     check_range(ap, a, "sample_every", 0)
     check_range(ap, a, "cfg_scale", 1)
+    check_range(ap, a, "sample_steps", 1, 1000)  # the respacing of the 1000 training timesteps
+    check_output_folder(ap, "--out", a.out)
     if a.model not in DiT_models:
         ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
     if a.resume and a.overwrite:
@@ -158,6 +161,16 @@ def config_for(args, data, encoder=None):
     return DiT_models[args.model](**overrides)
 
 
+def load_training_data(args):
+    """The training images the arguments name; running out of memory names the flags that size them."""
+    try:
+        return load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
+    except MemoryError:
+        raise OutOfMemory(f"the training images ({args.num_images or 'all'} of {args.data} at "
+                          f"{args.image_size}x{args.image_size}) do not fit: lower --num-images or "
+                          f"--image-size") from None
+
+
 def run(args, log=print):
     """Train as the parsed arguments say; returns a summary dict.
 
@@ -165,9 +178,11 @@ def run(args, log=print):
     before the run directory is touched. Raises TrainingDiverged when the loss or the weights
     stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
     world = make_world(set_device(args.device))  # --device auto / MINIDIT_DEVICE resolved first
+    if args.vae:  # by its absolute path from here on (a bare name may be the shipped VAE)
+        args.vae = str(resolve_input(args.vae, "--vae"))
     if world.size > 1:
         return run_ranks(args, world, train, log)
-    run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
+    run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, log=log)
     try:
         return train(args, run_dir, log)
     finally:
@@ -178,7 +193,7 @@ def train(args, run_dir, log=print, world=None):
     """The training itself, in a checked run directory (see run); world: the MPI ranks (run_ranks)."""
     device = set_device(args.device)
     world = world or make_world(device)
-    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
+    data = load_training_data(args)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
     cfg = config_for(args, data, encoder)
     diffusion = create_diffusion("", learn_sigma=cfg.learn_sigma)
@@ -201,6 +216,7 @@ def train(args, run_dir, log=print, world=None):
         if meta.get("kind", "dit") != "dit":
             raise ValueError(f"--resume: {run_dir.resume_from} is a {meta.get('kind')} checkpoint, not a DiT's")
         check_resumable(meta, groups, run_dir.resume_from)
+        compare_resumed_args(meta.get("args"), args, log)
         saved = meta.get("workers", workers)
         if args.workers == 0:
             workers = saved  # the count decides how float32 gradients are summed: keep it
