@@ -241,16 +241,3 @@ def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batc
         except (OSError, ValueError, RuntimeError, ImportError, LookupError) as e:
             ap.error(_describe(e))
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
-
-
-@contextlib.contextmanager
-def interrupted_on_import(prog, module_name):
-    """Around a command's imports in its `python -m` file: Ctrl-C in the first fraction of a
-    second (while NumPy and the rest load) is one line and status 130, not a traceback."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if module_name != "__main__":
-            raise
-        print(f"{prog}: interrupted before it started; nothing was written", file=sys.stderr)
-        sys.exit(EXIT_SIGINT)

@@ -2,9 +2,9 @@
 The code is in minidit/evaluation/experiments.py; this file only keeps the command short to type."""
 import sys
 
-from .cli import interrupted_on_import
+from . import loading_command
 
-with interrupted_on_import("python -m minidit.experiments", __name__):
+with loading_command("python -m minidit.experiments", __name__):
     from .evaluation.experiments import main
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 The code is in minidit/training/sample.py; this file only keeps the command short to type."""
 import sys
 
-from .cli import interrupted_on_import
+from . import loading_command
 
-with interrupted_on_import("python -m minidit.sample", __name__):
+with loading_command("python -m minidit.sample", __name__):
     from .training.sample import main
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """`python -m minidit.pretrained`: sample the released DiT (minidit/pretrained/sample.py)."""
 import sys
 
-from ..cli import interrupted_on_import
+from .. import loading_command
 
-with interrupted_on_import("python -m minidit.pretrained", __name__):
+with loading_command("python -m minidit.pretrained", __name__):
     from .sample import main
 
 sys.exit(main())

@@ -370,7 +370,7 @@ class RunDir:
         return path
 
     def _newest(self):
-        return self.last_checkpoint or "none (none written yet)"
+        return self.last_checkpoint or "none (none was written yet, so nothing is kept)"
 
     def write_failed(self, e, what):
         """The CommandFailed error for an OSError (a full disk...) while writing `what`."""
