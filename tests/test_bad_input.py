@@ -164,6 +164,7 @@ CASES = [
     ("train", TINY + ["--out", "arrayrun", "--resume"], "not a record of a minidit run"),
     ("train", TINY + ["--out", ""], "--out is empty"),
     ("train", TINY + ["--out", " "], "--out is empty"),
+    ("train", TINY + ["--out", "runs/" + "a" * 300], "too long for the file system"),
     ("train", TINY + ["--sample-steps", "1001"], "--sample-steps"),
     ("train", TINY + ["--vae", "wrong_dir/vae_shapes32.npz"], "give its name alone"),
     ("train", TINY + ["--vae", "data/vae_shapes32.npz"], "give its name alone"),  # outside the checkout

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..cli import CommandParser, OutOfMemory, atomic_write, check_output_folder, check_positive, check_range, run_command
+from ..cli import CommandParser, atomic_write, check_output_folder, check_positive, check_range, run_command
 from ..training.data import DataLoader, load_dataset, to_model_space
 from ..training.optim import AdamW
 from ..training.rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args, restore_training_state,
@@ -141,11 +141,7 @@ def run(args, log=print):
 def _train(args, run_dir, log):
     device = set_device(args.device)
     out = run_dir.path
-    try:
-        data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
-    except MemoryError:
-        raise OutOfMemory(f"the training images ({args.num_images or 'all'} of {args.data} at {args.image_size}x"
-                          f"{args.image_size}) do not fit: lower --num-images or --image-size") from None
+    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     cfg = make_config(args, data.channels)
 
     rng = Generator(args.seed, device=device)

@@ -16,21 +16,22 @@ folder; the lock is created exclusively, so of two runs started together on one 
 one runs; a checkpoint is written only when every weight in it is finite; --resume continues
 from the newest checkpoint that loads; a resumed run forgets the log records written after its
 checkpoint; the temporary files of a write interrupted by a kill are removed at the next start.
+The lock itself is minidit/training/lock.py. The module is about 370 lines because these rules,
+the resume checks and the state a checkpoint carries read best together.
 """
 import json
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..cli import CommandFailed, TrainingDiverged, is_temporary
 from .checkpoint import checkpoints_of, load_checkpoint, non_finite, save_checkpoint
+from .lock import LOCK, is_alive, in_use_error, read_owner, release_lock, take_lock
 from .viz import plot_loss_curve, read_log
 
-LOCK = ".minidit.lock"
 BROKEN = ".broken"  # a checkpoint --resume could not load, kept under this suffix
 
 
@@ -64,107 +65,6 @@ def refuse_foreign(folder, foreign, flag="--out"):
     return FileExistsError(f"{flag} {folder} holds files a minidit run did not write ({shown}{more}); "
                            f"a command writes only into a new or empty folder or its own: move them, "
                            f"or choose another {flag}")
-
-
-def _owner(text):
-    """(pid, host) recorded in a lock's text, or None when it is not a lock of ours."""
-    try:
-        d = json.loads(text)
-        return int(d["pid"]), str(d["host"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _read_owner(lock, tries=10):
-    """(text, owner) of a lock file; (None, None) when it is gone. A lock is written in one
-    write right after its exclusive creation: an empty or unreadable text is read again for a
-    moment before it counts as a broken (stale) lock."""
-    for i in range(tries):
-        try:
-            text = Path(lock).read_text()
-        except FileNotFoundError:
-            return None, None
-        except (OSError, UnicodeDecodeError):
-            text = ""
-        owner = _owner(text)
-        if owner is not None or i == tries - 1:
-            return text, owner
-        time.sleep(0.02)
-    return None, None
-
-
-def _alive(pid, host):
-    if host != socket.gethostname():
-        return True  # another machine's process: we cannot tell, so we assume it runs
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _in_use(folder, owner, lock):
-    return FileExistsError(f"{folder} is in use by another run (process {owner[0]} on {owner[1]}); "
-                           f"if no run is active there, delete {lock}")
-
-
-def take_lock(folder):
-    """Take the lock of a run folder: `.minidit.lock` created exclusively (O_CREAT | O_EXCL) and
-    holding this process's id, so that of two runs started at the same instant exactly one gets
-    it. A lock whose process no longer exists (after a kill -9) is taken over: it is first moved
-    aside and checked to be the stale one, so a run that took the lock meanwhile keeps it.
-    Raises FileExistsError naming the process that holds the folder."""
-    folder = Path(folder)
-    lock = folder / LOCK
-    me = (os.getpid(), socket.gethostname())
-    text = json.dumps({"pid": me[0], "host": me[1]})
-    for _ in range(5):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
-        else:
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
-            return lock
-        seen, owner = _read_owner(lock)
-        if seen is None:
-            continue  # released meanwhile: try again
-        if owner == me:
-            return lock
-        if owner is not None and _alive(*owner):
-            raise _in_use(folder, owner, lock)
-        aside = folder / f"{LOCK}.stale.{me[0]}"  # the stale lock, moved out of the way
-        try:
-            os.replace(lock, aside)
-        except FileNotFoundError:
-            continue
-        try:
-            moved = aside.read_text()
-        except (OSError, UnicodeDecodeError):
-            moved = ""
-        if moved != seen:  # another run took the lock after we read the stale one: give it back
-            try:
-                os.link(aside, lock)
-            except OSError:
-                pass
-        aside.unlink(missing_ok=True)
-    seen, owner = _read_owner(lock)
-    if owner is not None:
-        raise _in_use(folder, owner, lock)
-    raise FileExistsError(f"{folder}: could not take the lock {lock}; if no run is active there, delete it")
-
-
-def release_lock(folder):
-    """Delete the folder's lock if this process holds it."""
-    lock = Path(folder) / LOCK
-    _, owner = _read_owner(lock, tries=1)
-    if owner == (os.getpid(), socket.gethostname()):
-        lock.unlink(missing_ok=True)
 
 
 def check_log(path):
@@ -255,9 +155,9 @@ class RunDir:
 
     def _check_lock(self):
         """FileExistsError when a live process holds the folder's lock."""
-        _, owner = _read_owner(self.lock_path, tries=3)
-        if owner is not None and owner != (os.getpid(), socket.gethostname()) and _alive(*owner):
-            raise _in_use(self.path, owner, self.lock_path)
+        _, owner = read_owner(self.lock_path, tries=3)
+        if owner is not None and owner != (os.getpid(), socket.gethostname()) and is_alive(*owner):
+            raise in_use_error(self.path, owner, self.lock_path)
 
     def start(self, step=0):
         """Take the lock (exclusively); with --overwrite delete the previous run's files; set

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
-from ..cli import CommandParser, OutOfMemory, check_output_folder, check_positive, check_range, run_command
+from ..cli import CommandParser, check_output_folder, check_positive, check_range, run_command
 from ..diffusion import create_diffusion
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
@@ -161,16 +161,6 @@ def config_for(args, data, encoder=None):
     return DiT_models[args.model](**overrides)
 
 
-def load_training_data(args):
-    """The training images the arguments name; running out of memory names the flags that size them."""
-    try:
-        return load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
-    except MemoryError:
-        raise OutOfMemory(f"the training images ({args.num_images or 'all'} of {args.data} at "
-                          f"{args.image_size}x{args.image_size}) do not fit: lower --num-images or "
-                          f"--image-size") from None
-
-
 def run(args, log=print):
     """Train as the parsed arguments say; returns a summary dict.
 
@@ -193,7 +183,7 @@ def train(args, run_dir, log=print, world=None):
     """The training itself, in a checked run directory (see run); world: the MPI ranks (run_ranks)."""
     device = set_device(args.device)
     world = world or make_world(device)
-    data = load_training_data(args)
+    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
     encoder = load_vae_encoder(args.vae, device=device) if args.vae else None
     cfg = config_for(args, data, encoder)
     diffusion = create_diffusion("", learn_sigma=cfg.learn_sigma)
