@@ -17,8 +17,8 @@ from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..cli import CommandParser, atomic_write, check_output_folder, check_positive, check_range, run_command
 from ..training.data import DataLoader, load_dataset, to_model_space
 from ..training.optim import AdamW
-from ..training.rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args, restore_training_state,
-                               training_state)
+from ..training.rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args,
+                               restore_training_state, training_state)
 from ..training.viz import save_grid, to_uint8
 from .autoencoder import (CH_MULT, VAEConfig, VAEEncoder, init_params, psnr, vae_backward, vae_config,
                           vae_forward)
@@ -152,10 +152,10 @@ def _train(args, run_dir, log):
     if args.resume:
         meta, groups = load_checkpoint(run_dir.resume_from)
         check_resumable(meta, groups, run_dir.resume_from)
-        compare_resumed_args(meta.get("args"), args, log)
         if meta.get("kind") != "vae" or VAEConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta.get('config')} differs from the "
                              f"arguments' {cfg.to_dict()}")
+        compare_resumed_args(meta.get("args"), args, log)
         for k in params:
             params[k][...] = to_device(groups["model"][k], device)
         restore_training_state(meta, groups, opt, rng, loader)

@@ -308,9 +308,10 @@ def check_resumable(meta, groups, path):
 
 # What a resumed run must share with its checkpoint (another value is another run, which would
 # not continue this one bit for bit): refused. The flags that only say how the run is watched or
-# where it runs are not compared; every other difference is named in one note.
+# where it runs (and the seed, whose random state the checkpoint carries) are not compared; every
+# other difference is named in one note.
 RESUME_REFUSED = ("data", "num_images", "image_size", "vae", "objective")
-RESUME_IGNORED = ("out", "resume", "overwrite", "no_progress", "device", "workers", "keep", "log_every",
+RESUME_IGNORED = ("out", "resume", "overwrite", "no_progress", "device", "workers", "seed", "keep", "log_every",
                   "ckpt_every", "sample_every", "no_sample_grid", "eval_images", "scale_images")
 
 
