@@ -1,2 +1,31 @@
 """minidit: Diffusion Transformers (Peebles & Xie, ICCV 2023) from scratch on NumPy/CuPy."""
 __version__ = "0.1.0"
+
+
+class loading_command:
+    """Around the imports of a `python -m minidit.<command>` file (a fraction of a second while
+    NumPy and the rest load): Ctrl-C there stops the command with one line and status 130
+    instead of a traceback (nothing has been written yet, so the process simply ends). Nothing is
+    imported here, so the guard starts at once."""
+
+    def __init__(self, prog, module_name):
+        self.prog, self.active = prog, module_name == "__main__"
+
+    def __enter__(self):
+        if self.active:
+            import os
+            import signal
+            import sys
+
+            def stop(signum, frame):  # exits at once: an exception raised inside NumPy's C imports
+                sys.stderr.write(f"{self.prog}: interrupted before it started; nothing was written\n")
+                sys.stderr.flush()   # would come out as a long ImportError instead
+                os._exit(130)
+            self._previous = signal.signal(signal.SIGINT, stop)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            import signal
+            signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -5,7 +5,10 @@
 - A run that started and could not finish (a diverged loss, a full disk) is one line and status 1.
 - Ctrl-C (SIGINT) and SIGTERM stop the command with one line saying where it stopped: 130 / 143.
 - Files are written whole or not at all (`atomic_write`): a reader never sees half a file.
-`run_command` applies these rules around a command's work.
+- Nothing a user owns is touched: a command writes only into a new or empty folder or one that
+  holds its own earlier output (minidit/training/rundir.py), and a path with a folder in it is
+  never replaced by a shipped file of the same name (minidit/training/checkpoint.py).
+`run_command` applies these rules around a command's work; the checks below run before it.
 """
 import argparse
 import contextlib
@@ -15,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -35,6 +39,11 @@ class CommandFailed(RuntimeError):
 class TrainingDiverged(CommandFailed):
     """The loss or the weights became NaN or infinite; the message names the step and the newest
     checkpoint, whose weights are finite."""
+
+
+class OutOfMemory(MemoryError):
+    """Memory ran out, with the advice that fits where (the dataset, a batch...): the message
+    names the flag to lower."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -61,15 +70,47 @@ def check_range(ap, args, name, low, high=math.inf, high_open=False):
         ap.error(f"--{name.replace('_', '-')} must be {'in ' + span if upper else span}, got {v}")
 
 
+# atomic_write's temporary name: "." + name + "." + 8 random characters + ".tmp" + suffix
+def temporary_name(name, suffix):
+    return f".{name}.XXXXXXXX.tmp{suffix}"
+
+
+def name_max(folder):
+    """The longest file name (in bytes) the file system of `folder` (or of its nearest existing
+    parent) accepts."""
+    for parent in [Path(folder), *Path(folder).resolve().parents]:
+        if parent.exists():
+            try:
+                return os.pathconf(parent, "PC_NAME_MAX")
+            except (OSError, ValueError, AttributeError):
+                return 255
+    return 255
+
+
+def check_name_fits(ap, flag, path):
+    """ap.error unless the file name of `path` fits the file system with the temporary suffix
+    atomic_write adds while it writes (a name that fits alone may not fit then)."""
+    p = Path(path)
+    longest = name_max(p.parent)
+    need = len(os.fsencode(temporary_name(p.name, p.suffix)))
+    if need > longest:
+        room = longest - (need - len(os.fsencode(p.name)))
+        ap.error(f"{flag} {path}: the file name is too long ({len(os.fsencode(p.name))} bytes; at most {room} "
+                 f"here, as the write goes through a temporary name {need - len(os.fsencode(p.name))} bytes longer)")
+
+
 def check_output_file(ap, flag, path, suffixes):
     """ap.error unless `path` can become a file with one of `suffixes`: not a folder, a parent
-    that is a folder or can be made one. Checked before any work, so nothing is computed for an
-    output that cannot be written."""
+    that is a folder or can be made one, a name that fits with the temporary suffix. Checked
+    before any work, so nothing is computed for an output that cannot be written."""
+    if not str(path):
+        ap.error(f"{flag} is empty; give a file name ending in {' or '.join(suffixes)}")
     p = Path(path)
     if p.is_dir() or str(path).endswith(("/", os.sep)):
         ap.error(f"{flag} {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
     if p.suffix.lower() not in suffixes:
         ap.error(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
+    check_name_fits(ap, flag, path)
     for parent in p.resolve().parents:
         if parent.exists():
             if not parent.is_dir():
@@ -77,6 +118,34 @@ def check_output_file(ap, flag, path, suffixes):
             if not os.access(parent, os.W_OK):
                 ap.error(f"{flag} {path}: the folder {parent} is not writable")
             break
+
+
+def check_output_folder(ap, flag, path):
+    """ap.error for an empty folder name (which would mean the current folder) or one whose name
+    the file system cannot hold."""
+    if path is None:
+        return
+    if not str(path).strip():
+        ap.error(f"{flag} is empty; name the folder to write into (use {flag} . for the current folder)")
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > name_max(Path(path).parent):
+            ap.error(f"{flag} {path}: the name {part[:40]}... is too long for the file system")
+
+
+def check_plotting(ap):
+    """ap.error when MPLBACKEND names no matplotlib backend: the pictures are drawn with Agg, but
+    importing matplotlib fails on such a value, which would otherwise surface after the work."""
+    backend = os.environ.get("MPLBACKEND")
+    if not backend:
+        return
+    try:
+        from matplotlib import rcsetup
+        rcsetup.validate_backend(backend)
+    except ImportError:
+        return  # no matplotlib: the command names its install when it needs it
+    except ValueError:
+        ap.error(f"MPLBACKEND={backend!r} is not a matplotlib backend; unset it or set MPLBACKEND=Agg "
+                 "(the commands draw their pictures with Agg)")
 
 
 @contextlib.contextmanager
@@ -128,14 +197,34 @@ def _sigterm_as_exception():
         signal.signal(signal.SIGTERM, previous)
 
 
+_FLOAT_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+
+
+def _printable_streams():
+    """Make stdout and stderr print any name (a folder name the terminal's encoding cannot show
+    comes out with backslash escapes instead of failing after the work)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batch or the number of images"):
     """Parse and validate the arguments, then run(args) under the rules of this module. Returns
     the exit status: run's own when it returns an int (the autograder's verdict), else 0 when
-    the work is done; bad arguments exit 2 through ap.error."""
-    args = ap.parse_args(argv)
-    if validate is not None:
-        validate(ap, args)
-    with _sigterm_as_exception():
+    the work is done; bad arguments exit 2 through ap.error. NumPy's floating-point warnings are
+    silenced: a command that checks its numbers (a diverging run) says what went wrong in its
+    one line instead."""
+    _printable_streams()
+    try:
+        args = ap.parse_args(argv)
+        check_plotting(ap)
+        if validate is not None:
+            validate(ap, args)
+    except KeyboardInterrupt:  # Ctrl-C while the arguments were read (or the imports ran)
+        print(f"{ap.prog}: interrupted before it started; nothing was written", file=sys.stderr)
+        return EXIT_SIGINT
+    with _sigterm_as_exception(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_FLOAT_WARNINGS, category=RuntimeWarning)
         try:
             status = run(args)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
@@ -145,6 +234,8 @@ def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batc
         except CommandFailed as e:
             print(f"{ap.prog}: {_describe(e)}", file=sys.stderr)
             return EXIT_FAILED
+        except OutOfMemory as e:
+            ap.error(f"out of memory: {e}")
         except MemoryError:
             ap.error(f"out of memory: {out_of_memory}")
         except (OSError, ValueError, RuntimeError, ImportError, LookupError) as e:

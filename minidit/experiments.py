@@ -2,7 +2,10 @@
 The code is in minidit/evaluation/experiments.py; this file only keeps the command short to type."""
 import sys
 
-from .evaluation.experiments import main
+from . import loading_command
+
+with loading_command("python -m minidit.experiments", __name__):
+    from .evaluation.experiments import main
 
 if __name__ == "__main__":
     sys.exit(main())

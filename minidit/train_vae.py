@@ -2,7 +2,10 @@
 The code is in minidit/latent/train_vae.py; this file only keeps the command short to type."""
 import sys
 
-from .latent.train_vae import main
+from . import loading_command
+
+with loading_command("python -m minidit.train_vae", __name__):
+    from .latent.train_vae import main
 
 if __name__ == "__main__":
     sys.exit(main())

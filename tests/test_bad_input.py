@@ -63,7 +63,39 @@ def workspace(tmp_path_factory):
     nan_run = ws / "nan_run" / "checkpoints"
     nan_run.mkdir(parents=True)
     shutil.copy(ws / "nan_weights.npz", nan_run / "step_0000002.npz")
+    _users_folders(ws, ckpt)
     return ws
+
+
+def _users_folders(ws, ckpt):
+    """Folders and files a user owns that no command may touch, and damaged checkpoints (issue 28)."""
+    import json
+    from PIL import Image
+    (ws / "userlog").mkdir()  # a user's own log.jsonl and loss.png, no run of ours
+    (ws / "userlog" / "log.jsonl").write_text("my notes, not JSON\n[1, 2]\n")
+    (ws / "userlog" / "loss.png").write_bytes(b"my plot")
+    (ws / "linked").symlink_to(ws / "userlog")
+    (ws / "models").mkdir()  # a user's vae.npz and summary.json
+    (ws / "models" / "vae.npz").write_bytes(b"my model")
+    (ws / "models" / "summary.json").write_text("{}")
+    (ws / "cls").mkdir()
+    (ws / "cls" / "classifier.npz").write_bytes(b"my classifier")
+    (ws / "summ").mkdir()
+    (ws / "summ" / "SUMMARY.md").write_text("# my summary")
+    shutil.copytree(ws / "run", ws / "arrayrun")  # a run whose log.jsonl holds JSON arrays
+    (ws / "arrayrun" / "log.jsonl").write_text("[1, 2]\n[3, 4]\n")
+    for c in ("a", "b"):  # an image folder of two classes
+        (ws / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(ws / "imgs" / c / f"{i}.png")
+    meta, groups = load_checkpoint(ckpt)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    np.savez(ws / "metalist.npz", meta=np.array(json.dumps(["format", "minidit-checkpoint"])))
+    save_checkpoint(ws / "badnames.npz", dict(meta, class_names="circle,square"), **groups)
+    save_checkpoint(ws / "strweights.npz", meta, **{g: {k: v.astype(str) for k, v in d.items()}
+                                                    for g, d in groups.items() if g in ("model", "ema")})
+    save_checkpoint(ws / "missingweight.npz", meta, **{g: {k: v for k, v in d.items() if k != "x_embedder.proj.w"}
+                                                       for g, d in groups.items()})
 
 
 def _snapshot(root):
@@ -123,6 +155,23 @@ CASES = [
     ("train", TINY + ["--out", "broken_run", "--resume"], "not a readable"),
     ("train", TINY + ["--out", "nan_run", "--resume"], "non-finite"),
     ("train", TINY + ["--out", R, "--resume", "--hidden-size", "32"], "differs"),
+    # issue 28: a user's folders, shipped names, checks before the work, damaged files, resume
+    ("train", TINY + ["--out", "mine"], "notes.txt"),
+    ("train", TINY + ["--out", "userlog"], "log.jsonl"),
+    ("train", TINY + ["--out", "userlog", "--overwrite"], "log.jsonl"),
+    ("train", TINY + ["--out", "linked"], "log.jsonl"),
+    ("train", TINY + ["--out", "models"], "summary.json"),
+    ("train", TINY + ["--out", "arrayrun", "--resume"], "not a record of a minidit run"),
+    ("train", TINY + ["--out", ""], "--out is empty"),
+    ("train", TINY + ["--out", " "], "--out is empty"),
+    ("train", TINY + ["--out", "runs/" + "a" * 300], "too long for the file system"),
+    ("train", TINY + ["--sample-steps", "1001"], "--sample-steps"),
+    ("train", TINY + ["--vae", "wrong_dir/vae_shapes32.npz"], "give its name alone"),
+    ("train", TINY + ["--vae", "data/vae_shapes32.npz"], "give its name alone"),  # outside the checkout
+    ("train", TINY + ["--out", R, "--resume", "--data", "imgs"], "trained with --data shapes"),
+    ("train", TINY + ["--out", R, "--resume", "--num-images", "16"], "trained with --num-images 32"),
+    ("train", TINY + ["--num-images", str(10 ** 13)], "out of memory: the training images"),
+    ("train", TINY + ["--image-size", str(2 ** 22)], "lower --num-images or --image-size"),
     # train_vae
     ("train_vae", VAE + ["--steps", "0"], "--steps must be positive"),
     ("train_vae", VAE + ["--lr", "nan"], "--lr must be positive"),
@@ -138,6 +187,11 @@ CASES = [
     ("train_vae", VAE + ["--out", "mine", "--overwrite"], "notes.txt"),
     ("train_vae", VAE + ["--out", R], "already holds a run"),
     ("train_vae", VAE + ["--out", R, "--resume"], "differs"),
+    ("train_vae", VAE + ["--out", "models"], "summary.json"),
+    ("train_vae", VAE + ["--out", "models", "--overwrite"], "summary.json"),
+    ("train_vae", VAE + ["--out", "mine"], "notes.txt"),
+    ("train_vae", VAE + ["--out", ""], "--out is empty"),
+    ("train_vae", VAE + ["--num-images", str(10 ** 13)], "lower --num-images"),
     # sample
     ("sample", ["--ckpt", "/no/such.npz"], "does not exist"),
     ("sample", ["--ckpt", "empty.npz"], "not a readable"),
@@ -145,7 +199,7 @@ CASES = [
     ("sample", ["--ckpt", "trunc.npz"], "not a readable"),
     ("sample", ["--ckpt", "one.npy"], "single array"),
     ("sample", ["--ckpt", "empty_dir"], "holds no checkpoint"),
-    ("sample", ["--ckpt", "data/vae_shapes32.npz"], "holds no DiT model"),
+    ("sample", ["--ckpt", "vae_shapes32.npz"], "holds no DiT model"),
     ("sample", ["--ckpt", "nan_weights.npz"], "not finite"),
     ("sample", ["--ckpt", R, "--classes", "10"], "class id 10"),
     ("sample", ["--ckpt", R, "--classes", "-1"], "class id -1"),
@@ -169,6 +223,17 @@ CASES = [
     ("sample", ["--ckpt", R, "--npz", "afile/s.npz"], "is a file"),
     ("sample", ["--ckpt", R, "--vae", "/no/such.npz"], "does not exist"),
     ("sample", ["--out", "x.png"], "--ckpt"),
+    ("sample", ["--ckpt", "my_runs_typo/minidit_shapes32.npz"], "give its name alone: minidit_shapes32.npz"),
+    ("sample", ["--ckpt", "data/minidit_shapes32.npz"], "does not exist"),  # outside the checkout
+    ("sample", ["--ckpt", R, "--vae", "wrong_dir/vae_shapes32.npz"], "give its name alone"),
+    ("sample", ["--ckpt", R, "--steps", "1001"], "--steps"),
+    ("sample", ["--ckpt", R, "--out", "a" * 245 + ".png"], "too long"),
+    ("sample", ["--ckpt", R, "--npz", "a" * 245 + ".npz"], "too long"),
+    ("sample", ["--ckpt", R, "--out", ""], "--out is empty"),
+    ("sample", ["--ckpt", "metalist.npz"], "JSON list"),
+    ("sample", ["--ckpt", "badnames.npz"], "class_names"),
+    ("sample", ["--ckpt", "strweights.npz"], "not as floating-point"),
+    ("sample", ["--ckpt", "missingweight.npz"], "missing the weight 'x_embedder.proj.w'"),
     ("sample", ["--ckpt", R, "--per-class", str(10 ** 12)], "out of memory: lower --per-class"),
     # evaluate
     ("evaluate", [], "required"),
@@ -182,13 +247,17 @@ CASES = [
     ("evaluate", ["train-classifier", "--out", "mine", "--overwrite"], "notes.txt"),
     ("evaluate", ["train-classifier", "--out", "c", "--data", "/no/such"], "unknown dataset"),
     ("evaluate", ["train-classifier", "--out", "c", "--hidden-size", "30"], "divisible"),
+    ("evaluate", ["train-classifier", "--out", "cls"], "classifier.npz"),
+    ("evaluate", ["train-classifier", "--out", "cls", "--overwrite"], "classifier.npz"),
+    ("evaluate", ["train-classifier", "--out", "mine"], "notes.txt"),
+    ("evaluate", ["train-classifier", "--out", ""], "--out is empty"),
     ("evaluate", ["samples", "--samples", "/no/such.npz"], "No such file"),
     ("evaluate", ["samples", "--samples", "empty.npz"], "not a readable"),
     ("evaluate", ["samples", "--samples", "junk.npz"], "not a readable"),
     ("evaluate", ["samples", "--samples", "one.npy"], "single array"),
     ("evaluate", ["samples", "--samples", "nolabels.npz"], "arr_1"),
     ("evaluate", ["samples", "--samples", "float_labels.npz"], "integer class ids"),
-    ("evaluate", ["samples", "--samples", "float_labels.npz", "--classifier", "data/vae_shapes32.npz"],
+    ("evaluate", ["samples", "--samples", "float_labels.npz", "--classifier", "vae_shapes32.npz"],
      "integer class ids"),
     pytest.param("evaluate", ["samples", "--samples", "nolabels.npz", "--device", "gpu"], "gpu",
                  marks=pytest.mark.skipif(gpu_available() and not STANDIN, reason="a GPU is present")),
@@ -197,6 +266,9 @@ CASES = [
     ("experiments", [], "required"),
     ("experiments", ["scaling", "--fast", "--out", "afile/x"], "is a file"),
     ("experiments", ["budget", "--fast", "--runs", "afile"], "--runs afile: afile is a file"),
+    ("experiments", ["scaling", "--fast", "--out", "summ"], "SUMMARY.md"),
+    ("experiments", ["scaling", "--fast", "--out", "mine"], "notes.txt"),
+    ("experiments", ["scaling", "--fast", "--out", ""], "--out is empty"),
     pytest.param("experiments", ["scaling", "--fast", "--device", "gpu", "--out", "res"], "gpu",
                  marks=pytest.mark.skipif(gpu_available() and not STANDIN, reason="a GPU is present")),
     # exercises
@@ -238,10 +310,21 @@ def _ids():
     return out
 
 
-@pytest.mark.parametrize("command,argv,word", CASES, ids=_ids())
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workspace, monkeypatch, capsys, command, argv, word):
+# cases that need an environment variable: (command, argv, environment, word)
+ENV_CASES = [
+    ("train", TINY + ["--out", "newrun"], {"MPLBACKEND": "bogus"}, "MPLBACKEND='bogus'"),
+    ("train_vae", VAE, {"MPLBACKEND": "bogus"}, "MPLBACKEND='bogus'"),
+    ("sample", ["--ckpt", R, "--out", "x.png"], {"MPLBACKEND": "no_such_backend"}, "MPLBACKEND"),
+    ("evaluate", ["train-classifier", "--out", "c"], {"MPLBACKEND": "bogus"}, "MPLBACKEND"),
+    ("experiments", ["scaling", "--fast", "--out", "res"], {"MPLBACKEND": "bogus"}, "MPLBACKEND"),
+]
+
+
+def _try(workspace, monkeypatch, capsys, command, argv, word, env=None):
     monkeypatch.chdir(workspace)
     (workspace / "empty_dir").mkdir(exist_ok=True)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
     if STANDIN and "gpu" in argv:  # the stand-in, told that the machine has no GPU
         import cupy
         monkeypatch.setattr(cupy.cuda.runtime, "device_count", 0)
@@ -260,6 +343,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workspace, monkeypatch,
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert word in err, err
     assert not changed, f"the folder changed: {changed}"
+
+
+@pytest.mark.parametrize("command,argv,word", CASES, ids=_ids())
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(workspace, monkeypatch, capsys, command, argv, word):
+    _try(workspace, monkeypatch, capsys, command, argv, word)
+
+
+@pytest.mark.parametrize("command,argv,env,word", ENV_CASES, ids=[f"{c[0]}:{c[2]}" for c in ENV_CASES])
+def test_a_bad_environment_is_found_before_the_work(workspace, monkeypatch, capsys, command, argv, env, word):
+    _try(workspace, monkeypatch, capsys, command, argv, word, env)
 
 
 def test_the_matrix_covers_every_command():

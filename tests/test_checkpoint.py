@@ -68,8 +68,11 @@ def test_find_checkpoint_in_run_directories_and_shipped_files(tmp_path, monkeypa
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         find_checkpoint(tmp_path / "empty")
-    monkeypatch.chdir(tmp_path)  # a shipped model is found by name from any directory
-    assert find_checkpoint("data/minidit_shapes32.npz") == shipped_file("minidit_shapes32.npz")
+    monkeypatch.chdir(tmp_path)  # a shipped model is found by its name alone from any directory
+    assert find_checkpoint("minidit_shapes32.npz") == shipped_file("minidit_shapes32.npz")
+    for typo in ("data/minidit_shapes32.npz", "my_runs_typo/minidit_shapes32.npz"):  # a path is that path
+        with pytest.raises(FileNotFoundError, match="give its name alone: minidit_shapes32.npz"):
+            find_checkpoint(typo)
     assert shipped_file("classifier_shapes32.npz").parent in SHIPPED_DIRS
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_checkpoint("data/no_such_model.npz")

@@ -151,8 +151,9 @@ def test_a_second_run_on_the_same_folder_stops_at_once(tmp_path):
     finally:
         first.send_signal(signal.SIGTERM)
         _, err = first.communicate(timeout=60)
-    assert first.returncode == 143 and "terminated at step" in err and "--resume" in err, err
-    assert not (tmp_path / "run" / ".minidit.lock").exists()
+    # stopped before its first checkpoint (every 1000 steps): nothing to --resume, nothing kept
+    assert first.returncode == 143 and "terminated at step" in err and "before the first checkpoint" in err, err
+    assert "--resume" not in err and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
@@ -175,3 +176,204 @@ def test_an_interrupt_during_sampling_stops_within_seconds_and_writes_nothing(tm
     assert len(err.strip().splitlines()) == 1 and "nothing was written" in err and "Traceback" not in err, err
     assert waited < 5, waited
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- issue 28: a user's folder is never touched, the lock is exclusive, nothing is left by a run
+# that fails before its first checkpoint, and resume says what it does
+
+_RACE = r"""
+import json, sys, time
+from minidit.training.rundir import take_lock
+folders, start = json.loads(sys.argv[1]), float(sys.argv[2])
+won = []
+for i, folder in enumerate(folders):
+    while time.time() < start + 0.05 * i:  # both processes spin up to the same instant
+        pass
+    try:
+        take_lock(folder)
+        won.append(i)
+    except FileExistsError:
+        pass
+print(json.dumps(won))
+"""
+
+
+def test_two_runs_taking_the_lock_at_the_same_instant_never_both_get_it(tmp_path):
+    """30 tries, two processes started together race for each folder's lock; in every other
+    folder the lock of a process that no longer exists waits, so the stale-lock takeover races too."""
+    import socket
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    folders = []
+    for i in range(30):
+        folder = tmp_path / f"run{i}"
+        folder.mkdir()
+        if i % 2:
+            (folder / ".minidit.lock").write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname()}))
+        folders.append(str(folder))
+    start = time.time() + 3.0  # both processes are past their imports by then
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, json.dumps(folders), str(start)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(set(json.loads(out)))
+    both = results[0] & results[1]
+    neither = set(range(30)) - results[0] - results[1]
+    print(f"lock race: 30 tries (15 over a stale lock), two processes each: both ran {len(both)} times, "
+          f"neither {len(neither)}; wins {len(results[0])} / {len(results[1])}")
+    assert not both and not neither
+    holders = [json.loads((Path(f) / ".minidit.lock").read_text())["pid"] for f in folders]
+    assert holders == [procs[0].pid if i in results[0] else procs[1].pid for i in range(30)]
+
+
+@pytest.mark.slow
+def test_two_train_commands_started_together_one_runs(tmp_path):
+    """End to end: two `python -m minidit.train` on one new folder, started together: one
+    trains, the other stops with one line, and log.jsonl holds every step once (the 30 tries
+    are the lock race above: a try here costs seconds)."""
+    for i in range(1):
+        out = tmp_path / f"run{i}"
+        procs = [subprocess.Popen(_train_cmd(out, "--steps", "3", "--workers", "1"), env=_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        done = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        codes = sorted(c for c, _ in done)
+        assert codes == [0, 2], done
+        loser = [err for c, err in done if c == 2][0].strip()
+        assert len(loser.splitlines()) == 1 and ("in use by another run" in loser or "already holds a run" in loser)
+        assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [1, 2, 3]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "run"
+    rc = train.main(TINY + ["--workers", "1", "--out", str(out), "--steps", "20", "--ckpt-every", "10",
+                            "--lr", "1e12"])  # diverges within a few steps
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "loss became" in err and "nothing is kept" in err, err
+    assert "RuntimeWarning" not in err and list(tmp_path.iterdir()) == []  # not even an empty folder
+    (tmp_path / "empty").mkdir()  # a folder that was there stays, empty as it was
+    rc = train.main(TINY + ["--workers", "1", "--out", str(tmp_path / "empty"), "--steps", "20", "--lr", "1e12"])
+    assert rc == 1 and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_sigterm_before_the_first_checkpoint_does_not_advise_resume(tmp_path, monkeypatch, capsys):
+    from minidit.cli import Terminated
+    real, calls = train.train_step, {"n": 0}
+
+    def terminated_at_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Terminated("terminated (SIGTERM)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", terminated_at_step_3)
+    rc = train.main(TINY + ["--workers", "1", "--out", str(tmp_path / "run"), "--steps", "10", "--ckpt-every", "5"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 143 and len(err.splitlines()) == 1 and "before the first checkpoint" in err, err
+    assert "--resume" not in err and not (tmp_path / "run").exists()
+    calls["n"] = -100  # after a checkpoint, --resume is advised, and it works
+    monkeypatch.setattr(train, "train_step", real)
+    assert train.main(TINY + ["--workers", "1", "--out", str(tmp_path / "run"), "--steps", "4",
+                              "--ckpt-every", "2"]) == 0
+    capsys.readouterr()
+
+
+def test_a_full_disk_while_logging_is_one_line_exit_1_and_leaves_no_half_line(tmp_path, monkeypatch, capsys):
+    import minidit.training.rundir as rundir
+    real = rundir.os.write
+
+    def write(fd, data):
+        if data.startswith(b'{"step": 3,'):  # the disk fills up half-way through step 3's record
+            real(fd, data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(rundir.os, "write", write)
+    rc = train.main(TINY + ["--workers", "1", "--out", str(tmp_path / "run"), "--steps", "6", "--ckpt-every", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "No space left on device" in err, err
+    assert "log.jsonl" in err and "step_0000002.npz" in err  # the file it failed on, the checkpoint kept
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2]
+    assert not (tmp_path / "run" / ".minidit.lock").exists()
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_names_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--workers", "1", "--out", str(out), "--steps", "2", "--ckpt-every", "1",
+                              "--keep", "3", "--no-sample-grid"]) == 0
+    newest = out / "checkpoints" / "step_0000002.npz"
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short
+    capsys.readouterr()
+    assert train.main(TINY + ["--workers", "1", "--out", str(out), "--steps", "3", "--ckpt-every", "1",
+                              "--keep", "3", "--resume", "--no-sample-grid"]) == 0
+    said = capsys.readouterr().out
+    assert "skipped" in said and "step_0000002.npz" in said and "resumed" in said and "at step 1" in said, said
+    assert (out / "checkpoints" / "step_0000002.npz.broken").exists()  # kept, under another name
+    assert [p.name for p in checkpoints_of(out)] == ["step_0000001.npz", "step_0000002.npz", "step_0000003.npz"]
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [1, 2, 3]
+
+
+def test_resume_names_every_flag_that_changed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(TINY + ["--workers", "1", "--out", str(out), "--steps", "1", "--no-sample-grid"]) == 0
+    capsys.readouterr()
+    assert train.main(TINY + ["--workers", "1", "--out", str(out), "--steps", "2", "--resume", "--lr", "2e-3",
+                              "--ema-decay", "0.99", "--no-flip", "--no-sample-grid"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, notes
+    for said in ("--lr 0.002 (the checkpoint's run: 0.001)", "--ema-decay 0.99", "--no-flip True",
+                 "will not match an uninterrupted run"):
+        assert said in notes[0], notes
+
+
+def test_a_vae_named_relatively_or_by_its_shipped_name_works_from_any_folder(tmp_path, monkeypatch, capsys):
+    from minidit.training.checkpoint import load_checkpoint, shipped_file
+    import shutil
+    monkeypatch.chdir(tmp_path)  # outside the checkout
+    latent = ["--workers", "1", "--steps", "1", "--patch-size", "1", "--no-sample-grid"]
+    assert train.main(TINY + latent + ["--vae", "vae_shapes32.npz", "--out", "a"]) == 0  # the shipped VAE
+    meta, _ = load_checkpoint(tmp_path / "a" / "checkpoints" / "step_0000001.npz")
+    assert meta["vae"] == str(shipped_file("vae_shapes32.npz"))  # recorded by its absolute path
+    (tmp_path / "data").mkdir()
+    shutil.copy(shipped_file("vae_shapes32.npz"), tmp_path / "data" / "vae_shapes32.npz")
+    assert train.main(TINY + latent + ["--vae", "data/vae_shapes32.npz", "--out", "b"]) == 0  # the file here
+    meta, _ = load_checkpoint(tmp_path / "b" / "checkpoints" / "step_0000001.npz")
+    assert meta["vae"] == str(tmp_path / "data" / "vae_shapes32.npz")
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_first_moments_is_one_line(tmp_path):
+    """Ctrl-C while minidit, NumPy and the rest load: no traceback, at most one line, nothing
+    written. A signal that lands while the interpreter itself still starts (its `site` module
+    and runpy, before any line of minidit runs) is Python's own business and is not counted."""
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", "pass"], env=_env(), check=True)
+    startup = time.time() - t0
+    counted = 0
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8):
+        p = subprocess.Popen(_train_cmd(tmp_path / "run", "--steps", "5"), env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(startup + delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        if "init_import_site" in err or ("Traceback" in err and "minidit" not in err):
+            continue  # the interpreter's own start-up, before the first line of minidit
+        counted += 1
+        assert p.returncode in (130, -signal.SIGINT), (delay, p.returncode, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, (delay, err)
+        assert not (tmp_path / "run").exists()
+    assert counted >= 3
+
+
+@pytest.mark.slow
+def test_an_output_name_the_terminal_cannot_print_does_not_fail_the_run(tmp_path):
+    out = tmp_path / "résumé_run"
+    env = dict(_env(), PYTHONIOENCODING="ascii")
+    r = subprocess.run(_train_cmd(out, "--steps", "2", "--workers", "1"), env=env, capture_output=True, text=True,
+                       encoding="utf-8", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "r\\xe9sum\\xe9_run" in r.stdout and checkpoints_of(out)

@@ -60,7 +60,7 @@ def test_the_commands_run_on_the_gpu(tmp_path):
     assert train_vae.main(vae + ["--out", str(tmp_path / "vae"), "--resume"]) == 0
     v = ["--vae", str(tmp_path / "vae" / "vae.npz"), "--patch-size", "2", "--device", "gpu"]
     assert train.main(TINY + ["--out", str(tmp_path / "latent"), "--steps", "2", *v]) == 0
-    for ckpt, name in ((tmp_path / "latent", "latent"), ("data/minidit_shapes32.npz", "pixel")):
+    for ckpt, name in ((tmp_path / "latent", "latent"), ("minidit_shapes32.npz", "pixel")):
         assert sample.main(["--ckpt", str(ckpt), "--classes", "0,1", "--per-class", "2", "--steps", "2",
                             "--device", "gpu", "--out", str(tmp_path / f"{name}.png"),
                             "--npz", str(tmp_path / f"{name}.npz"), "--no-progress"]) == 0

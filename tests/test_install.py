@@ -72,7 +72,7 @@ def test_installed_package_is_not_the_checkout(installed):
 @pytest.mark.slow
 def test_installed_package_samples_from_the_shipped_model(installed):
     python, cwd = installed
-    out = _run([str(python), "-m", "minidit.sample", "--ckpt", "data/minidit_shapes32.npz", "--classes", "0,9",
+    out = _run([str(python), "-m", "minidit.sample", "--ckpt", "minidit_shapes32.npz", "--classes", "0,9",
                 "--per-class", "2", "--steps", "3", "--out", "s.png", "--npz", "s.npz", "--no-progress"], cwd=cwd)
     assert "wrote s.png" in out and (cwd / "s.png").stat().st_size > 1000
     report = _run([str(python), "-m", "minidit.evaluate", "samples", "--samples", "s.npz"], cwd=cwd)

@@ -14,7 +14,7 @@ from ..cli import (CommandFailed, CommandParser, atomic_write, check_output_file
 from ..diffusion import LinearFlow, create_diffusion
 from ..guidance import make_model_fn
 from ..latent.autoencoder import load_vae_decoder
-from ..training.checkpoint import find_checkpoint, find_vae, load_model
+from ..training.checkpoint import find_checkpoint, find_vae, load_model, resolve_input
 from ..training.parallel import DataParallel, resolve_workers
 from ..training.viz import save_grid, to_uint8
 
@@ -137,6 +137,7 @@ def save_adm_npz(path, images, labels):
 
 def _validate(ap, args):
     check_positive(ap, args, ("per_class", "steps"))
+    check_range(ap, args, "steps", 1, 1000)  # a respacing of the 1000 training timesteps
     check_range(ap, args, "cfg_scale", 1)
     check_range(ap, args, "eta", 0, 1)
     check_range(ap, args, "seed", 0)
@@ -157,6 +158,8 @@ def run(args):
         what = "flow" if fits == FLOW_SAMPLERS else "diffusion (ddpm)"
         raise ValueError(f"--sampler {sampler} does not fit this {what} model: use {' or '.join(fits)}")
     decode = None
+    if args.vae:  # a bare name may be the shipped VAE; a path with a folder is that path
+        args.vae = str(resolve_input(args.vae, "--vae"))
     vae_path = args.vae or (find_vae(meta["vae"], find_checkpoint(args.ckpt)) if meta.get("vae") else None)
     if vae_path:
         decode = load_vae_decoder(vae_path, device=device, latent_scale=meta.get("latent_scale"))
@@ -168,6 +171,9 @@ def run(args):
     except KeyboardInterrupt as e:
         raise type(e)(f"{'terminated' if type(e).__name__ == 'Terminated' else 'interrupted'} while "
                       f"sampling; nothing was written") from None
+    if not np.isfinite(to_numpy(x)).all():
+        raise CommandFailed("the samples are not finite numbers (the model's weights or the guidance scale make "
+                            "them overflow); nothing was written")
     images = to_uint8(x)
     title = (f"{meta.get('model_name', 'DiT')}, step {meta.get('step')}, {sampler} {args.steps} steps, "
              f"guidance {args.cfg_scale:g}, {'raw' if args.raw else 'EMA'} weights")

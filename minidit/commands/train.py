@@ -10,19 +10,20 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
-from ..cli import CommandParser, check_positive, check_range, run_command
+from ..cli import CommandParser, check_output_folder, check_positive, check_range, run_command
 from ..diffusion.objectives import describe
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import load_checkpoint, resolve_input
 from ..training.data import DataLoader, load_dataset
 from ..training.optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
 from .objective_args import (add_objective_arguments, check_objective_arguments, check_resumed_objective,
                              config_overrides, grid_sampler, objective_for)
 from ..training.distributed import ProcessGradientSum, make_world, run_ranks
 from ..training.parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
-from ..training.rundir import RunDir, add_run_arguments, check_resumable, restore_training_state, training_state
+from ..training.rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args,
+                               restore_training_state, training_state)
 from .sample import generate
 from ..training.viz import save_grid, to_uint8
 
@@ -144,6 +145,8 @@ def _validate(ap, a):
     check_range(ap, a, "workers", 0)
     check_range(ap, a, "sample_every", 0)
     check_range(ap, a, "cfg_scale", 1)
+    check_range(ap, a, "sample_steps", 1, 1000)  # the respacing of the 1000 training timesteps
+    check_output_folder(ap, "--out", a.out)
     if a.model not in DiT_models:
         ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
     if a.resume and a.overwrite:
@@ -172,9 +175,11 @@ def run(args, log=print):
     before the run directory is touched. Raises TrainingDiverged when the loss or the weights
     stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
     world = make_world(set_device(args.device))  # --device auto / MINIDIT_DEVICE resolved first
+    if args.vae:  # by its absolute path from here on (a bare name may be the shipped VAE)
+        args.vae = str(resolve_input(args.vae, "--vae"))
     if world.size > 1:
         return run_ranks(args, world, train, log)
-    run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep)
+    run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, log=log)
     try:
         return train(args, run_dir, log)
     finally:
@@ -208,6 +213,7 @@ def train(args, run_dir, log=print, world=None):
         if meta.get("kind", "dit") != "dit":
             raise ValueError(f"--resume: {run_dir.resume_from} is a {meta.get('kind')} checkpoint, not a DiT's")
         check_resumable(meta, groups, run_dir.resume_from)
+        compare_resumed_args(meta.get("args"), args, log)
         saved = meta.get("workers", workers)
         if args.workers == 0:
             workers = saved  # the count decides how float32 gradients are summed: keep it

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import get_device, resolve_device, to_device, to_numpy
-from ..cli import CommandParser, check_positive, check_range, run_command
+from ..cli import CommandParser, check_output_folder, check_positive, check_range, run_command
 from ..training.checkpoint import shipped_file
 from ..training.data import load_dataset
 from ..training.rundir import RunDir, add_run_arguments
@@ -230,12 +230,14 @@ def _validate(ap, args):
     if args.command == "train-classifier":
         check_positive(ap, args, ("lr", "ckpt_every", "keep") + (("log_every",) if args.log_every is not None else ()))
         check_range(ap, args, "seed", 0)
+        check_output_folder(ap, "--out", args.out)
 
 
 def _run(args, argv):
     device = resolve_device(args.device)
     if args.command == "train-classifier":
-        run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, outputs=("classifier.npz",))
+        run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, outputs=("classifier.npz",),
+                         log=(lambda *a: None) if args.quiet else print)
         args.device = device
         try:
             run_train_classifier(args, run_dir, "python -m minidit.evaluate " + shlex.join(argv))

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..backend import set_device
 from ..blocks import BLOCK_DESIGNS
-from ..cli import CommandFailed, CommandParser, atomic_write, run_command
+from ..cli import CommandFailed, CommandParser, atomic_write, check_output_folder, is_temporary, run_command
 from ..doctor import matmul_gflops
 from ..flops import count_params, gflops, sampling_compute
 from ..latent.autoencoder import load_vae_decoder
@@ -37,6 +37,7 @@ from ..model import DiT_models
 from ..commands import train as train_command
 from ..training.checkpoint import checkpoints_of, find_vae, load_model, shipped_file
 from ..training.data import load_dataset
+from ..training.rundir import foreign_files, refuse_foreign
 from ..commands.sample import generate
 from .classifier import load_classifier
 from .evaluate import DEFAULT_CLASSIFIER, FD_NAME, evaluate_samples
@@ -343,6 +344,37 @@ INVOCATION_KEYS = ("started", "command", "revision", "seconds", "matmul_gflops_s
                    "complete")
 
 
+FIGURES = ("{name}_over_training.png", "{name}_final.png", "scaling_vs_compute.png", "budget.png",
+           "sampling_compute.png")
+
+
+def check_results_folder(out, name, runs_dir):
+    """FileExistsError unless `out` is new, empty, or holds this experiment's own results (its
+    NAME.json, SUMMARY.md and figures, and the runs folder when it lies inside): a folder with
+    anything else, or with a SUMMARY.md but no NAME.json of this experiment, is a user's."""
+    runs = Path(runs_dir).resolve()
+    own = {f"{name}.json", "SUMMARY.md", *(f.format(name=name) for f in FIGURES)}
+
+    def ours(p):
+        if is_temporary(p.name):
+            return True
+        if p.is_dir():
+            return p.resolve() == runs
+        return p.name in own
+    foreign = foreign_files(out, ours)
+    if foreign:
+        raise refuse_foreign(out, foreign)
+    present = [p for p in foreign_files(out, lambda p: is_temporary(p.name) or p.resolve() == runs)]
+    if present:
+        try:
+            mine = json.loads((Path(out) / f"{name}.json").read_text()).get("experiment") == name
+        except (OSError, ValueError, AttributeError):
+            mine = False
+        if not mine:
+            raise FileExistsError(f"--out {out} holds {present[0].name} but no {name}.json of this experiment, "
+                                  f"so the experiment did not write it; move it, or choose another --out")
+
+
 def _run(args, argv):
     device = set_device(args.device)
 
@@ -357,6 +389,7 @@ def _run(args, argv):
                 if not parent.is_dir():
                     raise FileExistsError(f"{flag} {folder}: {parent} is a file, not a folder")
                 break
+    check_results_folder(out, args.name, runs_dir)
     t0 = time.perf_counter()
     info = dict(experiment=args.name, fast=args.fast,
                 command="python -m minidit.experiments " + " ".join(shlex.quote(a) for a in argv),
@@ -416,7 +449,9 @@ def main(argv=None):
     ap.add_argument("--runs", default=None, help="folder of the training runs (default runs/experiments; "
                                                  "with --fast, OUT/runs)")
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
-    return run_command(ap, lambda args: _run(args, argv), argv)
+    return run_command(ap, lambda args: _run(args, argv), argv,
+                       validate=lambda ap, a: (check_output_folder(ap, "--out", a.out),
+                                               check_output_folder(ap, "--runs", a.runs)))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
     curve, window, t0, start = [], [], time.perf_counter(), 0
     if run_dir is not None and run_dir.resume_from is not None:
         meta, groups = load_checkpoint(run_dir.resume_from)
+        if meta.get("dataset", dataset.name) != dataset.name:
+            raise ValueError(f"--resume: the classifier was trained on {meta.get('dataset')}, not {dataset.name}; "
+                             f"continuing it on other data would be another run: start one with another --out")
         if meta.get("config") != asdict(cfg) or meta.get("steps") != steps:
             raise ValueError(f"--resume: the checkpoint was trained with config {meta.get('config')} "
                              f"for {meta.get('steps')} steps, the arguments ask for {asdict(cfg)} and {steps}")

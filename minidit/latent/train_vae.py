@@ -14,11 +14,11 @@ import numpy as np
 
 from ..backend import Generator, device_of, set_device, synchronize, to_device, to_numpy
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..cli import CommandParser, atomic_write, check_positive, check_range, run_command
+from ..cli import CommandParser, atomic_write, check_output_folder, check_positive, check_range, run_command
 from ..training.data import DataLoader, load_dataset, to_model_space
 from ..training.optim import AdamW
-from ..training.rundir import (RunDir, add_run_arguments, check_resumable, restore_training_state,
-                               training_state)
+from ..training.rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args,
+                               restore_training_state, training_state)
 from ..training.viz import save_grid, to_uint8
 from .autoencoder import (CH_MULT, VAEConfig, VAEEncoder, init_params, psnr, vae_backward, vae_config,
                           vae_forward)
@@ -107,6 +107,7 @@ def _validate(ap, a):
         ap.error(f"--downsample must be one of {sorted(CH_MULT)} (or give --ch-mult), got {a.downsample}")
     if a.resume and a.overwrite:
         ap.error("--resume and --overwrite contradict each other")
+    check_output_folder(ap, "--out", a.out)
 
 
 def make_config(args, channels):
@@ -130,7 +131,7 @@ def run(args, log=print):
     run directory is touched; raises TrainingDiverged, and re-raises an interrupt saying where
     the run stopped (minidit.training.rundir)."""
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep,
-                     outputs=("vae.npz", "reconstructions.png", "summary.json"))
+                     outputs=("vae.npz", "reconstructions.png", "summary.json"), log=log)
     try:
         return _train(args, run_dir, log)
     finally:
@@ -154,6 +155,7 @@ def _train(args, run_dir, log):
         if meta.get("kind") != "vae" or VAEConfig.from_dict(meta["config"]) != cfg:
             raise ValueError(f"--resume: the checkpoint's config {meta.get('config')} differs from the "
                              f"arguments' {cfg.to_dict()}")
+        compare_resumed_args(meta.get("args"), args, log)
         for k in params:
             params[k][...] = to_device(groups["model"][k], device)
         restore_training_state(meta, groups, opt, rng, loader)

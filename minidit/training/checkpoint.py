@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_device, to_numpy
 from ..cli import atomic_write
-from ..model import DiTConfig
+from ..model import DiTConfig, param_shapes
 
 FORMAT = "minidit-checkpoint"
 VERSION = 1
@@ -27,8 +27,9 @@ SHIPPED_DIRS = (Path(__file__).resolve().parents[1] / "shipped",
 
 
 def shipped_file(name, must_exist=True):
-    """The path of a file shipped with minidit ("minidit_shapes32.npz", "data/vae_shapes32.npz").
-    must_exist=False gives the path it would have in a checkout instead of raising."""
+    """The path of a file shipped with minidit, by its file name ("minidit_shapes32.npz").
+    must_exist=False gives the path it would have in a checkout instead of raising. What a
+    user types goes through resolve_input instead, where a path with a folder is that path."""
     name = Path(name).name
     for folder in SHIPPED_DIRS:
         if (folder / name).is_file():
@@ -85,9 +86,15 @@ def load_checkpoint(path):
                                  "PyTorch DiT weights: read them into NumPy and use "
                                  "minidit.official.from_official(state_dict, cfg)")
             meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path} is not a minidit checkpoint (its meta is a JSON "
+                                 f"{type(meta).__name__}, not an object)")
             groups = {}
             for name in z.files:
                 if name != "meta":
+                    if "/" not in name:
+                        raise ValueError(f"{path} is not a minidit checkpoint (the array {name!r} "
+                                         "belongs to no group)")
                     g, k = name.split("/", 1)
                     groups.setdefault(g, {})[k] = z[name]
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
@@ -116,36 +123,53 @@ def checkpoints_of(run_dir):
     return sorted((Path(run_dir) / "checkpoints").glob("step_*.npz"))
 
 
+def resolve_input(path, what="checkpoint"):
+    """What a user typed for an input file: the path itself when it exists; a bare name (no
+    folder in it) that does not exist here may name a file shipped with minidit. A path with a
+    folder in it never falls back to a shipped file (a typo in the folder must not silently
+    sample the shipped model). Returns an absolute path, so the file stays the same one when
+    the working directory changes; FileNotFoundError otherwise."""
+    p = Path(path)
+    if p.exists():
+        return p.absolute()
+    if not p.is_absolute() and len(p.parts) == 1:
+        try:
+            return shipped_file(p)
+        except FileNotFoundError:
+            pass
+    hint = ""
+    if len(p.parts) > 1 and shipped_file(p.name, must_exist=False).is_file():
+        hint = f" (to use the file shipped with minidit, give its name alone: {p.name})"
+    raise FileNotFoundError(f"{what} {p} does not exist{hint}")
+
+
 def find_checkpoint(path):
     """A checkpoint file, the newest checkpoint of a run directory, or a shipped file named by
-    its file name (data/minidit_shapes32.npz works from any working directory)."""
+    its file name alone (minidit_shapes32.npz works from any working directory; a path with a
+    folder in it, like data/minidit_shapes32.npz, is that path)."""
     p = Path(path)
     if p.is_dir():
         cands = checkpoints_of(p) or sorted(p.glob("step_*.npz"))
         if not cands:
             raise FileNotFoundError(f"{p} holds no checkpoint (expected {p}/checkpoints/step_*.npz)")
         return cands[-1]
-    if p.exists():
-        return p
-    if not p.is_absolute():
-        try:
-            return shipped_file(p)
-        except FileNotFoundError:
-            pass
-    raise FileNotFoundError(f"checkpoint {p} does not exist")
+    return resolve_input(p)
 
 
 def find_vae(recorded, ckpt):
-    """The VAE file a latent checkpoint names: as given if it exists, else a relative path is
-    looked up beside the checkpoint and among the shipped files (so the shipped model, which
-    records data/vae_shapes32.npz, samples from any working directory)."""
+    """The VAE file a latent checkpoint records (not one a user typed): as recorded if it
+    exists, else looked up by its file name beside the checkpoint and among the shipped files
+    (so the shipped model, which records data/vae_shapes32.npz, samples from any working
+    directory, and a run folder moved elsewhere with its VAE still finds it)."""
     p = Path(recorded)
-    if p.exists() or p.is_absolute():
+    if p.exists():
         return p
     if (Path(ckpt).resolve().parent / p).exists():
         return Path(ckpt).resolve().parent / p
+    if (Path(ckpt).resolve().parent / p.name).exists():
+        return Path(ckpt).resolve().parent / p.name
     try:
-        return shipped_file(p)
+        return shipped_file(p.name)
     except FileNotFoundError:
         return p  # load_vae names the missing file
 
@@ -154,13 +178,32 @@ def load_model(path, use_ema=True, device=None):
     """(params, cfg, meta) of the DiT in a checkpoint or run directory; the EMA weights unless
     use_ema=False, as float32 on `device`."""
     meta, groups = load_checkpoint(find_checkpoint(path))
-    if meta.get("kind", "dit") != "dit" or "config" not in meta or "model" not in groups:
+    if meta.get("kind", "dit") != "dit" or not isinstance(meta.get("config"), dict) or "model" not in groups:
         raise ValueError(f"{path} is a minidit checkpoint but holds no DiT model (kind "
                          f"{meta.get('kind')!r}; a VAE is passed with --vae)")
     cfg = DiTConfig.from_dict(meta["config"])
     which = "ema" if use_ema and "ema" in groups else "model"
+    check_weights(path, groups[which], param_shapes(cfg))
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+                                  and len(names) == cfg.num_classes):
+        raise ValueError(f"{path}: the meta's class_names must be a list of {cfg.num_classes} names, got "
+                         f"{str(names)[:40]}")
     weights = {k: v.astype(np.float32) for k, v in groups[which].items()}  # slim files store float16
     bad = non_finite({which: weights})
     if bad is not None:
         raise ValueError(f"{path}: the weights are not finite ({bad}); they would sample noise")
     return to_device(weights, device), cfg, meta
+
+
+def check_weights(path, weights, shapes):
+    """ValueError naming the first weight that is missing, of another shape, or not stored as
+    floating-point numbers (an array of strings would turn into NaNs)."""
+    for k, shape in shapes.items():
+        if k not in weights:
+            raise ValueError(f"{path} is missing the weight {k!r} (a checkpoint of another version or model?)")
+        a = weights[k]
+        if a.dtype.kind != "f":
+            raise ValueError(f"{path}: the weight {k!r} is stored as {a.dtype}, not as floating-point numbers")
+        if tuple(a.shape) != tuple(shape):
+            raise ValueError(f"{path}: the weight {k!r} has shape {tuple(a.shape)}, the config needs {tuple(shape)}")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..backend import to_device
+from ..cli import OutOfMemory
 from .folder import read_image_folder
 from .shapes import CLASS_NAMES as SHAPES_CLASS_NAMES, render_shapes
 
@@ -159,7 +160,15 @@ def load_dataset(name_or_path="shapes", split="train", image_size=32, channels=N
     n: number of images (shapes: default 10,000 train / 1,000 test; MNIST: the first n of the
     split; a folder: the first n files in class order, only a convenience).
     """
-    name = str(name_or_path)
+    try:
+        return _load_dataset(str(name_or_path), split, image_size, channels, seed, n)
+    except MemoryError:  # the commands' one line names the flags that size the images
+        which = "training" if split == "train" else split
+        raise OutOfMemory(f"the {which} images ({n or 'all'} of {name_or_path} at {image_size}x{image_size}) "
+                          f"do not fit: lower --num-images or --image-size") from None
+
+
+def _load_dataset(name, split, image_size, channels, seed, n):
     if name == "shapes":
         seed = split_seed(seed, split)
         n = (10_000 if split == "train" else 1_000) if n is None else n
