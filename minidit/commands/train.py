@@ -10,19 +10,19 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
-from ..cli import CommandParser, check_output_folder, check_positive, check_range, run_command
+from ..cli import run_command
 from ..diffusion.objectives import describe
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from ..training.checkpoint import load_checkpoint, resolve_input
 from ..training.data import DataLoader, load_dataset
-from ..training.optim import LR_SCHEDULES, AdamW, ema_update, init_ema, lr_at
-from .objective_args import (add_objective_arguments, check_objective_arguments, check_resumed_objective,
-                             config_overrides, grid_sampler, objective_for)
+from ..training.optim import AdamW, ema_update, init_ema, lr_at
+from .objective_args import check_resumed_objective, config_overrides, grid_sampler, objective_for
+from .train_args import build_parser, validate
 from ..training.distributed import ProcessGradientSum, make_world, run_ranks
 from ..training.parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
-from ..training.rundir import (RunDir, add_run_arguments, check_resumable, compare_resumed_args,
+from ..training.rundir import (RunDir, check_resumable, compare_resumed_args,
                                restore_training_state, training_state)
 from .sample import generate
 from ..training.viz import save_grid, to_uint8
@@ -88,70 +88,6 @@ def train_step(params, ema, opt, cfg, diffusion, x, y, rng, ema_decay, parallel=
 
 
 _ONE_PIECE = DataParallel(1)
-
-
-def build_parser():
-    ap = CommandParser(prog="python -m minidit.train", description="Train a class-conditional DiT.")
-    ap.add_argument("--model", default="minidit-Tiny/4", help=f"config name ({', '.join(DiT_models)})")
-    ap.add_argument("--depth", type=int, default=None, help="override the config's depth")
-    ap.add_argument("--hidden-size", type=int, default=None, help="override the config's hidden size")
-    ap.add_argument("--num-heads", type=int, default=None, help="override the config's heads")
-    ap.add_argument("--patch-size", type=int, default=None, help="override the config's patch size")
-    ap.add_argument("--block", default=None, help="block design override (minidit.blocks.BLOCK_DESIGNS)")
-    ap.add_argument("--data", default="shapes", help="'shapes' (built in, default), 'mnist' or an image folder")
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--num-images", type=int, default=None, help="training images (shapes default 10,000)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=2000, help="total training steps")
-    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
-    ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
-                    help="learning rate over the run: constant (paper), cosine or linear decay to "
-                         "--lr-final x lr at the last step")
-    ap.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (paper: 0)")
-    ap.add_argument("--lr-final", type=float, default=0.0,
-                    help="the decay's last learning rate as a fraction of --lr (default 0)")
-    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
-    ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
-    ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
-    add_objective_arguments(ap)
-    ap.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
-    ap.add_argument("--workers", type=int, default=0,
-                    help="data-parallel threads on the CPU (0: one per CPU, at most 8; 1: none)")
-    add_run_arguments(ap, out="runs/default")
-    ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
-    ap.add_argument("--no-sample-grid", action="store_true",
-                    help="write no sample grids, not even the last (for scripts that score the checkpoints)")
-    ap.add_argument("--sample-steps", type=int, default=50, help="DDPM (flow: Euler) steps of the sample grids")
-    ap.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the sample grids")
-    ap.add_argument("--vae", default=None, help="VAE checkpoint: train DiT on its latents (latent diffusion)")
-    ap.add_argument("--no-progress", action="store_true")
-    return ap
-
-
-def _validate(ap, a):
-    check_positive(ap, a, ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size",
-                           "sample_steps", "lr"))
-    for name in ("depth", "hidden_size", "num_heads", "patch_size", "num_images"):
-        if getattr(a, name) is not None:
-            check_positive(ap, a, (name,))
-    check_range(ap, a, "weight_decay", 0)
-    check_range(ap, a, "warmup", 0)
-    check_range(ap, a, "lr_final", 0, 1)
-    check_range(ap, a, "ema_decay", 0, 1, high_open=True)
-    check_range(ap, a, "class_dropout", 0, 1, high_open=True)
-    check_range(ap, a, "seed", 0)
-    check_range(ap, a, "workers", 0)
-    check_range(ap, a, "sample_every", 0)
-    check_range(ap, a, "cfg_scale", 1)
-    check_range(ap, a, "sample_steps", 1, 1000)  # the respacing of the 1000 training timesteps
-    check_output_folder(ap, "--out", a.out)
-    if a.model not in DiT_models:
-        ap.error(f"unknown --model {a.model!r}; choose one of {', '.join(DiT_models)}")
-    if a.resume and a.overwrite:
-        ap.error("--resume and --overwrite contradict each other")
-    check_objective_arguments(ap, a)
 
 
 def config_for(args, data, encoder=None):
@@ -318,7 +254,7 @@ def train(args, run_dir, log=print, world=None):
 
 
 def main(argv=None):
-    return run_command(build_parser(), run, argv, validate=_validate,
+    return run_command(build_parser(), run, argv, validate=validate,
                        out_of_memory="lower --batch-size (or the model's size)")
 
 
