@@ -103,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--model", help="print one model (any name of minidit.model.DiT_models) instead")
     ap.add_argument("--block", default=None, help="block design for --model")
     ap.add_argument("--input-size", type=int, default=None, help="latent/pixel side for --model")
-    return run_command(ap, _print, argv, validate=_validate)
+    return run_command(ap, _print, argv, validate=_validate, plots=False)
 
 
 if __name__ == "__main__":
