@@ -100,6 +100,9 @@ SHARED_WITH_GIVEN_CODE = {
     "t = self.indices(t, x_start.shape[0], like=x_start)": "the given prediction_target makes the same call",
     "centered_x = x - means": "the given discretized_gaussian_log_likelihood (the forward) computes it",
     "inv_stdv = xp.exp(-log_scales)": "the given discretized_gaussian_log_likelihood (the forward) computes it",
+    "rng = np.random.default_rng(seed)": "the given combine (and the initialisers) seed the same way; "
+                                          "bootstrap's docstring prescribes it",
+    "mean, raw = xp.split(moments, 2, axis=1)": "the given encode_moments splits the moments the same way",
 }
 _TRIVIAL = [re.compile(p) for p in (r"^xp = get_array_module\([\w, ]*\)$", r"^return [\w, .]*$", r"^def \w+\(.*\):$",
                                     r"^[)\]}]*$", r"^else:$")]
@@ -161,8 +164,11 @@ def test_the_student_edition_holds_no_line_of_any_removed_body(edition):
 # Grading ---------------------------------------------------------------------------------------------
 
 def _perturb(o):
-    """o with 1e-3 added to its first float array (searching tuples, lists and dicts in order)."""
+    """o with 1e-3 added to its first float array or Python float (searching tuples, lists and
+    dicts in order): `interval` returns a list of two floats."""
     if isinstance(o, np.ndarray) and o.dtype.kind == "f":
+        return o + 1e-3, True
+    if isinstance(o, float):
         return o + 1e-3, True
     items = list(o.items()) if isinstance(o, dict) else list(enumerate(o)) if isinstance(o, (tuple, list)) else []
     done, new = False, []

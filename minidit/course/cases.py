@@ -8,7 +8,7 @@ cache comes from its forward) are stored too, so a student edition needs none of
 Objects that are not arrays (a GaussianDiffusion, a block design, a toy model function) are
 "live": `setup` builds them afresh in the grading process, from code that is no exercise.
 
-At about 340 lines it stays one module on purpose: it is a table of one short case per exercise,
+At about 380 lines it stays one module on purpose: it is a table of one short case per exercise,
 read one entry at a time, and keeping the table whole keeps every case's registration in one place.
 """
 from dataclasses import dataclass, field
@@ -198,6 +198,13 @@ def _(rng, live):
             Call((np.array([3.5, 700.0]),), dict(dim=9, max_period=100), names=("features",))]
 
 
+@case("get_2d_sincos_pos_embed")
+def _(rng, live):
+    return [Call((16, 3, 5), names=("table",)),  # a non-square grid: rows and columns told apart
+            Call((8, 2), names=("table",)),  # grid_w left out: a square grid
+            Call((6, 2, 2), names=("table",), raises=("ValueError", "divisible by 4"))]
+
+
 @case("cross_attention_backward")
 def _(rng, live):
     from ..layers.cross_attention import cross_attention_forward
@@ -344,3 +351,35 @@ def _(rng, live):
 def _(rng, live):
     return [Call((_r(rng, 3, 4), _r(rng, 3, 4), 0.9), names=("e",), inplace=(0,)),
             Call((_r(rng, 5), _r(rng, 5), 0.0), names=("e",), inplace=(0,))]
+
+
+# The latent space and the experiments ----------------------------------------------------------
+
+def _moments(rng):
+    moments = _r(rng, 2, 6, 2, 3)
+    moments[0, 3:, 0, :] = 25.0, -35.0, 1.0  # raw log-variances above, below and inside the clip
+    return moments
+
+
+@case("posterior_forward")
+def _(rng, live):
+    return [Call((_moments(rng), _r(rng, 2, 3, 2, 3)), names=("z", "kl", "cache"))]
+
+
+@case("posterior_backward")
+def _(rng, live):
+    from ..latent.autoencoder import posterior_forward
+    _, _, cache = posterior_forward(_moments(rng), _r(rng, 2, 3, 2, 3))
+    return [Call((_r(rng, 2, 3, 2, 3), _r(rng, 2, 3, 2, 3), cache), names=("dmoments",))]
+
+
+@case("bootstrap")
+def _(rng, live):
+    correct = rng.random(12) < 0.4
+    return [Call((correct, _r(rng, 12, 3), _r(rng, 20, 3) + 0.5, 6), dict(seed=3), names=("replicates",))]
+
+
+@case("interval")
+def _(rng, live):
+    return [Call((0.3, _r(rng, 50) * 0.02), names=("interval",)),
+            Call((np.float64(12.5), _r(rng, 8)), names=("interval",))]

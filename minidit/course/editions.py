@@ -238,7 +238,8 @@ def _record_from(root):
 
 
 WEEKS = (("Week 1: the transformer (layers, the adaLN-Zero block, the model's backward)", ("3.2",)),
-         ("Week 2: diffusion, sampling, guidance and the training step", ("3.1", "4")))
+         ("Week 2: diffusion, sampling, guidance, the training step, the latent space and the experiments' "
+          "error bars", ("3.1", "4", "5")))
 
 
 def week_of(ex):

@@ -21,11 +21,19 @@ CHANCE = 0.1
 MODES = ("unguided", "final_unguided", "final_guided")
 
 
+# exercise: 5 Experiments
 def bootstrap(correct, f_fake, f_real, n_boot, seed=0):
     """Deviations of class accuracy and Fréchet distance over `n_boot` resamplings (with
     replacement) of the generated samples, the real set held fixed. Returned centred (replicate
     minus the replicates' mean): a resample repeats samples, which biases the Fréchet distance
-    upward, so the spread is used and not the replicates' level."""
+    upward, so the spread is used and not the replicates' level.
+
+    correct (n,) bool, f_fake (n, F), f_real (M, F) -> {"class_accuracy": (n_boot,),
+    FD_NAME: (n_boot,)} float64 arrays. The draws are exactly these, so that a run is reproducible:
+    rng = np.random.default_rng(seed), then for each replicate b in order one
+    i = rng.integers(0, n, n) (sample indices, with replacement); replicate b's accuracy is the mean
+    of correct[i], its distance frechet_distance_from_stats(*feature_stats(f_fake[i]), *feature_stats(f_real)).
+    """
     rng = np.random.default_rng(seed)
     mu_r, s_r = feature_stats(f_real)
     n = len(correct)
@@ -38,8 +46,12 @@ def bootstrap(correct, f_fake, f_real, n_boot, seed=0):
     return {"class_accuracy": acc - acc.mean(), FD_NAME: fd - fd.mean()}
 
 
+# exercise: 5 Experiments
 def interval(estimate, deviations):
-    """95% normal interval from bootstrap deviations: estimate -/+ z sd."""
+    """95% normal interval from bootstrap deviations: estimate -/+ z sd.
+
+    -> [low, high], a list of two Python floats, with z = 1.959964 and sd the population standard
+    deviation of the deviations (np.std, ddof 0)."""
     half = 1.959964 * float(np.std(deviations))
     return [float(estimate) - half, float(estimate) + half]
 

@@ -91,9 +91,16 @@ def init_params(cfg, seed=0, dtype=np.float32, device=None):
     return {k: to_device(v.astype(dtype), device) for k, v in P.items()}
 
 
+# exercise: 3.1 Latent diffusion
 def posterior_forward(moments, eps):
     """moments (N, 2z, h, w) = [mean, raw log-variance], eps (N, z, h, w) ~ N(0, 1)
-    -> z = mean + exp(logvar / 2) eps (N, z, h, w), kl (N, z, h, w) per element, cache."""
+    -> z = mean + exp(logvar / 2) eps (N, z, h, w), kl (N, z, h, w) per element, cache.
+
+    mean is the first z channels of moments, raw the last z; logvar = raw clipped to
+    [LOGVAR_MIN, LOGVAR_MAX] = [-30, 20]. kl = 0.5 (mean^2 + exp(logvar) - 1 - logvar), the KL of
+    N(mean, exp(logvar)) to N(0, 1) per element. cache = (mean, std, eps, inside): std =
+    exp(logvar / 2) and inside the boolean mask LOGVAR_MIN <= raw <= LOGVAR_MAX (all (N, z, h, w)).
+    """
     xp = get_array_module(moments)
     mean, raw = xp.split(moments, 2, axis=1)
     logvar = xp.clip(raw, LOGVAR_MIN, LOGVAR_MAX)
@@ -105,8 +112,12 @@ def posterior_forward(moments, eps):
     return z, kl, (mean, std, eps, inside)
 
 
+# exercise: 3.1 Latent diffusion
 def posterior_backward(dz, dkl, cache):
-    """dz, dkl (N, z, h, w) -> dmoments (N, 2z, h, w)."""
+    """dz, dkl (N, z, h, w), cache from posterior_forward -> dmoments (N, 2z, h, w) =
+    [dmean, draw]: the gradient of the mean channels, then of the raw log-variance channels. No
+    gradient passes the clip where it is flat: draw is 0 wherever raw lies outside [-30, 20]
+    (as torch.clamp)."""
     xp = get_array_module(dz)
     mean, std, eps, inside = cache
     # z = mean + std * eps;  kl = 0.5 (mean^2 + std^2 - 1 - logvar)

@@ -17,8 +17,15 @@ def get_1d_sincos_pos_embed(dim, positions):
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
+# exercise: 3.2 Patchify
 def get_2d_sincos_pos_embed(dim, grid_h, grid_w=None):
     """(grid_h * grid_w, dim) float64 table; token index = row * grid_w + col (host NumPy).
+
+    grid_w defaults to grid_h (a square grid). Token (row r, column c) gets the four blocks of
+    width dim/4 of the layout above: [sin(c w), cos(c w), sin(r w), cos(r w)], with
+    w_k = 10000^(-k / (dim/4)); the first half is get_1d_sincos_pos_embed(dim // 2, columns), the
+    second half the same of the rows. A dim not divisible by 4 raises a ValueError whose message
+    contains "divisible by 4".
 
     Built once per model (the caller casts it to float32 and moves it to the device), so no
     training step recomputes it.
