@@ -168,9 +168,10 @@ class RunDir:
             if parent.exists():
                 break
             missing.append(parent)
-        self.path.mkdir(parents=True, exist_ok=True)
+        # recorded before they happen, so that an interrupt at any point leaves close() knowing
         self._created = missing  # deepest first: what close() removes when nothing was kept
         self._started = True
+        self.path.mkdir(parents=True, exist_ok=True)
         take_lock(self.path)
         self._locked = True
         self._had = set(self.outputs)  # until the folder is prepared, close() deletes nothing
@@ -208,7 +209,7 @@ class RunDir:
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
-        if self._locked:
+        if self._started:  # also a lock taken just before an interrupt; only ever this process's own
             release_lock(self.path)
             self._locked = False
         if self._started and self._saved == 0 and self.last_checkpoint is None:
