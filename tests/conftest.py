@@ -64,21 +64,53 @@ def rng():
     return np.random.default_rng(0)
 
 
-# Every gradient check made through `gradcheck` below is collected here and printed as one
-# table at the end of the run, so the test output shows the measured errors, layer by layer.
+# What the run measured, printed as sections at its end: every gradient check made through
+# `gradcheck` below (one table), the bad-input cases of tests/test_bad_input.py (one count line),
+# and the lines tests report with `summary` (leak scan, planted bugs, the site, the lock race...).
+# A test appends here; its report carries the new entries (user_properties), and the end-of-run
+# summary reads them from the reports, so the tables are whole also when pytest-xdist runs the
+# tests in several processes.
 _GRADCHECKS = []
-# The cases of tests/test_bad_input.py, summed up in one count line at the end of the run.
 BAD_INPUTS = []
+_LINES = []
+_COLLECTED = {"grad": [], "bad": [], "lines": []}
 
 
 def gradcheck(name, forward, backward, arrays, tol, **kw):
-    """Run minidit.gradcheck.check_gradients, record its table, and assert it passes."""
+    """Run minidit.gradcheck.check_gradients, record its worst error, and assert it passes."""
     from minidit.gradcheck import check_gradients
     res = check_gradients(forward, backward, arrays, tol=tol, **kw)
-    _GRADCHECKS.append((name, res))
+    worst = max(res.rows, key=lambda r: r[3]) if res.rows else ("-", (), 0, 0.0)
+    _GRADCHECKS.append(dict(name=name, worst=str(worst[0]), err=float(worst[3]), tol=float(res.tol),
+                            ok=bool(res.ok)))
     print(f"{name}\n{res}")
     res.assert_ok(name)
     return res
+
+
+def summary(section, text):
+    """Print `text` at the end of the run under `section` (and now, for -s)."""
+    print(text)
+    _LINES.append((section, text))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "teardown":  # everything the test (and its fixtures) recorded
+        new = {"grad": list(_GRADCHECKS), "bad": list(BAD_INPUTS), "lines": list(_LINES)}
+        for recorded in (_GRADCHECKS, BAD_INPUTS, _LINES):
+            recorded.clear()
+        if any(new.values()):
+            report.user_properties.append(("minidit", new))
+
+
+def pytest_runtest_logreport(report):
+    for key, value in getattr(report, "user_properties", ()):
+        if key == "minidit":
+            for k in _COLLECTED:
+                _COLLECTED[k] += [tuple(v) if k == "lines" else v for v in value[k]]
 
 
 def randn(xp, rng, *shape, scale=1.0):
@@ -115,19 +147,26 @@ def randomised_params(xp, cfg, seed=1, dtype=np.float64):
     return P
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):
+        return
     tr = terminalreporter
-    if BAD_INPUTS:
-        clear = sum(r["code"] == 2 and r["one_line"] and not r["traceback"] for r in BAD_INPUTS)
+    bad, grads = _COLLECTED["bad"], _COLLECTED["grad"]
+    for section in dict.fromkeys(sec for sec, _ in _COLLECTED["lines"]):
+        tr.section(section)
+        for sec, text in _COLLECTED["lines"]:
+            if sec == section:
+                tr.write_line(text)
+    if bad:
+        clear = sum(r["code"] == 2 and r["one_line"] and not r["traceback"] for r in bad)
         tr.section("bad-input matrix")
-        tr.write_line(f"{len(BAD_INPUTS)} bad inputs tried over {len({r['command'] for r in BAD_INPUTS})} "
+        tr.write_line(f"{len(bad)} bad inputs tried over {len({r['command'] for r in bad})} "
                       f"commands: {clear} one-line errors with exit 2, "
-                      f"{sum(r['traceback'] for r in BAD_INPUTS)} tracebacks, "
-                      f"{sum(r['changed'] > 0 for r in BAD_INPUTS)} left a file behind or changed one")
-    if not _GRADCHECKS:
+                      f"{sum(r['traceback'] for r in bad)} tracebacks, "
+                      f"{sum(r['changed'] > 0 for r in bad)} left a file behind or changed one")
+    if not grads:
         return
     tr.section("gradient checks (float64, max relative error per array)")
-    for name, res in _GRADCHECKS:
-        worst = max(res.rows, key=lambda r: r[3]) if res.rows else ("-", (), 0, 0.0)
-        tr.write_line(f"{name:<58} worst {worst[0]:<22} {worst[3]:.1e}  (tol {res.tol:.0e}) "
-                      f"{'ok' if res.ok else 'FAIL'}")
+    for g in grads:
+        tr.write_line(f"{g['name']:<58} worst {g['worst']:<22} {g['err']:.1e}  (tol {g['tol']:.0e}) "
+                      f"{'ok' if g['ok'] else 'FAIL'}")

@@ -29,6 +29,8 @@ except ImportError:
     HAS_MLXTEND = False
 
 
+pytestmark = pytest.mark.xdist_group("bad_input")  # its module-scoped fixtures are built once, on one worker
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A folder with a finished tiny run, a user's folder, and damaged and foreign files."""

@@ -24,6 +24,8 @@ TINY = ClassifierConfig(image_size=8, in_channels=3, num_classes=3, patch_size=4
                         depth=2, num_heads=2, mlp_ratio=2.0)
 
 
+pytestmark = pytest.mark.xdist_group("evaluate")  # its module-scoped fixtures are built once, on one worker
+
 def _random_params(xp, rng, cfg):
     """Every parameter random (LayerNorm gammas around 1), so no gradient path is switched off."""
     return {k: randn(xp, rng, *s, scale=0.5) + (1.0 if k.rsplit(".", 2)[-2].startswith("norm")

@@ -17,6 +17,7 @@ import pytest
 from minidit.course import autograder as ag
 from minidit.course import exercises as exm
 from minidit.course.markers import ROOT, find_exercises, find_function, is_stub
+from conftest import summary
 
 EXERCISES = find_exercises()
 if any(is_stub(find_function(ast.parse((ROOT / e.file).read_text()), e.name)) for e in EXERCISES):
@@ -32,6 +33,9 @@ dw = dw.T.reshape(dw.shape)  # the classic bug: the weight gradient read transpo
 db = d2.sum(axis=0) if has_b else None
 return dx, dw, db
 """
+
+
+pytestmark = pytest.mark.xdist_group("exercises")  # its module-scoped fixtures are built once, on one worker
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +157,7 @@ def test_the_student_edition_holds_no_line_of_any_removed_body(edition):
     lines = removed_lines()
     assert len(lines) > 250 and any(v.startswith("fused.") for v in lines.values())
     hits = leak_scan(edition)
-    print(f"leak scan of a fresh student edition: {len(lines)} solution lines searched, "
+    summary("course: student edition", f"leak scan of a fresh student edition: {len(lines)} solution lines searched, "
           f"{sum(1 for _ in edition.rglob('*') if _.is_file())} files, {len(hits)} hits")
     print("\n".join(hits))
     assert hits == []
@@ -206,9 +210,9 @@ def test_a_bug_planted_in_each_exercise_is_blamed_on_it_alone(record):
         others = [n for n, x in v.items() if n != e.name and x.kind != "pass"]
         rows.append((e.name, v[e.name].kind == "wrong", len(others), v[e.name].summary))
     w = max(len(r[0]) for r in rows)
-    print(f"\n{'exercise (bug planted)':<{w}}  blamed  others reported wrong  verdict")
-    for name, blamed, others, summary in rows:
-        print(f"{name:<{w}}  {'yes' if blamed else 'NO':<6}  {others:<21}  {summary}")
+    summary("course: planted bugs", f"{'exercise (bug planted)':<{w}}  blamed  others reported wrong  verdict")
+    for name, blamed, others, verdict in rows:
+        summary("course: planted bugs", f"{name:<{w}}  {'yes' if blamed else 'NO':<6}  {others:<21}  {verdict}")
     assert all(blamed and others == 0 for _, blamed, others, _ in rows)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from minidit.commands import train
 from minidit.training.checkpoint import checkpoints_of, load_checkpoint
+from conftest import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "2",
@@ -78,7 +79,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_resume_is_exact(tmp_path):
     logged = [json.loads(line)["step"] for line in open(run / "log.jsonl")]
     assert logged == list(range(1, steps + 1))  # each step once, in order
     assert killed >= min(kills, 2), "the runs finished before they could be killed"
-    print(f"{killed} kill -9 during a {steps}-step run with a checkpoint every step: 0 checkpoints lost, "
+    summary("run folders", f"{killed} kill -9 during a {steps}-step run with a checkpoint every step: 0 checkpoints lost, "
           f"{seen_tmp} temporary files found after the kills, 0 left after the next start, resume bit-exact")
 
 
@@ -222,7 +223,7 @@ def test_two_runs_taking_the_lock_at_the_same_instant_never_both_get_it(tmp_path
         results.append(set(json.loads(out)))
     both = results[0] & results[1]
     neither = set(range(30)) - results[0] - results[1]
-    print(f"lock race: 30 tries (15 over a stale lock), two processes each: both ran {len(both)} times, "
+    summary("run folders", f"lock race: 30 tries (15 over a stale lock), two processes each: both ran {len(both)} times, "
           f"neither {len(neither)}; wins {len(results[0])} / {len(results[1])}")
     assert not both and not neither
     holders = [json.loads((Path(f) / ".minidit.lock").read_text())["pid"] for f in folders]

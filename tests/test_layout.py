@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from minidit.blocks import BLOCK_DESIGNS
+from conftest import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minidit"
@@ -115,7 +116,7 @@ def test_no_package_imports_a_package_that_imports_it_back():
     # the split of issue 26: the plumbing imports neither the autoencoder nor the commands built on it
     assert not graph["minidit.training"] & {"minidit.latent", "minidit.commands"}, graph["minidit.training"]
     assert graph["minidit.commands"] >= {"minidit.training", "minidit.latent"}  # the graph is not empty
-    print(f"packages and top-level modules: {len(set(graph) | set().union(*graph.values()))}, "
+    summary("layout", f"packages and top-level modules: {len(set(graph) | set().union(*graph.values()))}, "
           f"package-level import edges: {sum(map(len, graph.values()))}, cycles: 0")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from minidit import backend
+from conftest import summary
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -49,7 +50,7 @@ def test_notebook_runs(path, device, monkeypatch, tmp_path):
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError, naming the cell, on any error
     figures = count_figures(nb)
-    print(f"{path.stem} [{device}]: {figures} figure(s)")
+    summary("notebooks: figures shown", f"{path.stem} [{device}]: {figures} figure(s)")
     assert figures > 0, f"{path.name} promises figures but showed none when executed"
 
 

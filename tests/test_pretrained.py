@@ -28,6 +28,8 @@ from minidit.pretrained.weights import read_state_dict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+pytestmark = pytest.mark.xdist_group("pretrained")  # its module-scoped fixtures are built once, on one worker
+
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))

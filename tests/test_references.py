@@ -11,6 +11,7 @@ import tokenize
 from pathlib import Path
 
 import pytest
+from conftest import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPANION = ROOT / "docs" / "paper.md"
@@ -145,7 +146,7 @@ def _scan():
 
 def test_every_reference_resolves_and_none_cites_the_planning_files():
     report = _scan()
-    print(f"references checked: {report['checked']}, dead: {len(report['dead'])}, "
+    summary("references", f"references checked: {report['checked']}, dead: {len(report['dead'])}, "
           f"mentions of the planning file: {len(report['planning'])}")
     assert report["checked"] > 100  # the scan found the references, it did not skip them
     assert not report["dead"], "dead references:\n" + "\n".join(map(str, report["dead"]))

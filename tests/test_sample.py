@@ -10,6 +10,8 @@ TINY = ["--model", "minidit-Tiny/4", "--depth", "1", "--hidden-size", "16", "--n
         "--sample-steps", "2", "--no-progress"]
 
 
+pytestmark = pytest.mark.xdist_group("sample")  # its module-scoped fixtures are built once, on one worker
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")

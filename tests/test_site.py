@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from minidit.course import site
+from conftest import summary
 
 NOTEBOOKS = sorted(site.NOTEBOOKS.glob("*.ipynb"))
 EXECUTED = sorted(site.LESSONS.glob("*.ipynb"))
 NO_COPIES = "lessons/ holds no executed lesson yet: run python -m minidit.course.site execute"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
+
+pytestmark = pytest.mark.xdist_group("site")  # its module-scoped fixtures are built once, on one worker
 
 def _read(path):
     return json.loads(Path(path).read_text())
@@ -123,7 +126,7 @@ def test_browser_shows_every_lessons_images(built, tmp_path, capsys):
         server.shutdown()
     broken = site.check_links(out) + site.dead_references(warnings)
     with capsys.disabled():
-        print(f"\nsite: {len(pages)} pages opened, images shown per lesson: "
+        summary("course site", f"site: {len(pages)} pages opened, images shown per lesson: "
               + ", ".join(f"{k}={v}" for k, v in shown.items()) + f", broken links {len(broken)}")
     assert not not_rendered and not broken, (not_rendered, broken)
     if not EXECUTED:

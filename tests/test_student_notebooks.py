@@ -15,6 +15,7 @@ import pytest
 
 from minidit.course import exercises as exm
 from minidit.course.markers import ROOT, find_exercises, find_function, is_stub
+from conftest import summary
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -47,6 +48,8 @@ def test_student_notebook_before_and_after_the_exercises(name, tmp_path, monkeyp
     exm.make(edition)
     nb, errors = _run(edition, name, monkeypatch)
     lines = [o.traceback for _, o in errors]
+    summary("course: student-edition notebooks", f"{name} before the exercises: {len(errors)} cells stopped, "
+            "each with one line")
     print(f"{name} before the exercises: {len(errors)} cells stopped, each with one line:")
     print("\n".join(f"  cell {i}: {o.traceback[0] if o.traceback else o.evalue}" for i, o in errors))
     assert errors, "a fresh edition must stop on an unfinished exercise"
@@ -56,5 +59,5 @@ def test_student_notebook_before_and_after_the_exercises(name, tmp_path, monkeyp
 
     exm.restore(edition, None)
     nb, errors = _run(edition, name, monkeypatch)
-    print(f"{name} after restore --all: {len(errors)} errors")
+    summary("course: student-edition notebooks", f"{name} after restore --all: {len(errors)} errors")
     assert errors == [], [o.traceback for _, o in errors]
