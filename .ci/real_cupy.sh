@@ -35,7 +35,7 @@ nv="$("$VENVS/.ci-cupy14/bin/python" -c 'import sysconfig; print(sysconfig.get_p
 run_one() {  # run_one <venv suffix>
   CUDA_PATH="$nv/cuda_runtime" LD_LIBRARY_PATH="$nv/cuda_nvrtc/lib:$nv/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     PYTHONPATH="$PWD" MINIDIT_REAL_CUPY=1 MINIDIT_REAL_CUPY_SUMMARY="$logs/summary-$1" MPLBACKEND=Agg \
-    "$VENVS/.ci-cupy$1/bin/python" -m pytest -q -p no:cacheprovider tests/real_cupy
+    "$VENVS/.ci-cupy$1/bin/python" -m pytest -q -p no:cacheprovider -o addopts="-rfE" tests/real_cupy
 }
 run_one 14 > "$logs/log-14" 2>&1 & p14=$!
 run_one 13 > "$logs/log-13" 2>&1 & p13=$!

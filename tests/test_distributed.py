@@ -24,6 +24,8 @@ TINY = ["--model", "minidit-Tiny/4", "--depth", "2", "--hidden-size", "32", "--n
         "--num-images", "64", "--batch-size", "8", "--sample-steps", "2", "--no-progress", "--log-every", "1"]
 
 
+pytestmark = pytest.mark.xdist_group("mpi")  # one mpirun at a time: two at once starve each other on 2 cores
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -355,7 +355,7 @@ def test_ctrl_c_in_the_first_moments_is_one_line(tmp_path):
     startup = time.time() - t0
     counted = 0
     for delay in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8):
-        p = subprocess.Popen(_train_cmd(tmp_path / "run", "--steps", "5"), env=_env(), stdout=subprocess.PIPE,
+        p = subprocess.Popen(_train_cmd(tmp_path / "run", "--steps", "100000", "--ckpt-every", "100000"), env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(startup + delay)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import time
 import threading
 
 from ..backend import get_array_module
@@ -306,6 +307,7 @@ def run_ranks(args, world, train, log=print):
               + (f" (newest checkpoint: {run_dir.last_checkpoint})" if world.rank == 0 else ""),
               file=sys.stderr, flush=True)
         run_dir.close()
+        time.sleep(0.5)  # mpirun forwards the line before the abort takes the job down (lost without it under load)
         world.abort(2 if isinstance(e, (ValueError, OSError)) else 1)
         raise
     finally:
