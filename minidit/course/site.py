@@ -5,7 +5,7 @@ its notebook's cells), and a static site built from them with Sphinx and MyST-NB
 source checkout (pip install -e). Course tooling only: nothing here is part of DiT; docs/site.md is
 the user's guide.
 
-    python -m minidit.course.site execute [--fast] [NAME ...]   # notebooks/ -> lessons/
+    python -m minidit.course.site execute [--fast] [--all] [NAME ...]   # notebooks/ -> lessons/
     python -m minidit.course.site build --out build/site        # README, docs/*.md, lessons -> HTML
     python -m minidit.course.site check build/site              # every internal link and image resolves
 """
@@ -37,16 +37,45 @@ def cells_hash(nb):
     return hashlib.sha256(json.dumps(cells, ensure_ascii=False).encode()).hexdigest()
 
 
+def code_hash(nb):
+    """sha256 of a notebook's code cells alone: what decides whether its outputs must be recomputed."""
+    code = [c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+            for c in nb["cells"] if c["cell_type"] == "code"]
+    return hashlib.sha256(json.dumps(code, ensure_ascii=False).encode()).hexdigest()
+
+
+def with_current_prose(copy, nb):
+    """The executed `copy` with the cells of its notebook `nb` when only the prose changed since it
+    ran (the same code cells in the same order): nb's cells, each code cell carrying the copy's
+    outputs. None when the code differs (the copy must be executed again)."""
+    import copy as copying
+    if copy.metadata.get("minidit", {}).get("code_hash") != code_hash(nb):
+        return None
+    ran = iter([c for c in copy.cells if c.cell_type == "code"])
+    fresh = copying.deepcopy(copy)
+    fresh.cells = []
+    for cell in nb.cells:
+        cell = copying.deepcopy(cell)
+        if cell.cell_type == "code":
+            old = next(ran)
+            cell.outputs, cell.execution_count = old.outputs, old.execution_count
+        fresh.cells.append(cell)
+    fresh.metadata["minidit"] = dict(copy.metadata["minidit"], source_hash=cells_hash(nb))
+    return fresh
+
+
 def image_outputs(nb):
     """The number of image outputs (PNG, JPEG or SVG) in a notebook's code cells."""
     return sum(1 for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
                if any(k.startswith("image/") for k in o.get("data", {})))
 
 
-def execute(names=(), fast=False, out=LESSONS, timeout=3600):
+def execute(names=(), fast=False, out=LESSONS, timeout=3600, again=False):
     """Run notebooks/<name>.ipynb top to bottom (all of them when names is empty), one at a time, in
     the full mode (fast: MINIDIT_FAST=1, for trying the machinery only) and write the executed
-    copy, with its source hash and mode in metadata["minidit"], to out/<name>.ipynb (atomically)."""
+    copy, with its hashes and mode in metadata["minidit"], to out/<name>.ipynb (atomically).
+    A notebook whose code cells are those of its executed copy (same mode) is not run again
+    unless again=True: only its prose is brought up to date."""
     import nbclient
     import nbformat
     paths = [NOTEBOOKS / f"{n.removesuffix('.ipynb')}.ipynb" for n in names] or sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -57,18 +86,34 @@ def execute(names=(), fast=False, out=LESSONS, timeout=3600):
     out.mkdir(parents=True, exist_ok=True)
     for path in paths:
         nb = nbformat.read(path, as_version=4)
+        old = out / path.name
+        if not again and old.exists():
+            old = nbformat.read(old, as_version=4)
+            fresh = with_current_prose(old, nb) if old.metadata.get("minidit", {}).get("mode") == (
+                "fast" if fast else "full") else None
+            if fresh is not None:
+                _write(fresh, out / path.name)
+                print(f"{path.stem}: code unchanged since it ran: prose brought up to date, not run again "
+                      "(--all runs it)", flush=True)
+                continue
         t0 = time.time()
         nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(path.parent)}}).execute(env=env)
         seconds = time.time() - t0
-        nb.metadata["minidit"] = {"source_hash": cells_hash(nb), "mode": "fast" if fast else "full",
+        nb.metadata["minidit"] = {"source_hash": cells_hash(nb), "code_hash": code_hash(nb),
+                                  "mode": "fast" if fast else "full",
                                   "device": env.get("MINIDIT_DEVICE", "cpu"), "seconds": round(seconds),
                                   "executed": time.strftime("%Y-%m-%d", time.gmtime())}
-        tmp = out / f".{path.name}.tmp"
-        nbformat.write(nb, tmp)
-        os.replace(tmp, out / path.name)
+        _write(nb, out / path.name)
         print(f"{path.stem}: {'fast' if fast else 'full'} mode, {seconds:.0f} s, "
               f"{image_outputs(nb)} figure(s) -> {out / path.name}", flush=True)
+
+
+def _write(nb, dest):
+    import nbformat
+    tmp = dest.parent / f".{dest.name}.tmp"
+    nbformat.write(nb, tmp)
+    os.replace(tmp, dest)
 
 
 CONF = """\
@@ -99,10 +144,16 @@ def stage(dest):
         if not copy.exists():
             print(f"warning: {path.stem} has no executed copy in lessons/: it appears without figures")
             copy = path
-        elif (nbformat.read(copy, as_version=4).metadata.get("minidit", {}).get("source_hash")
-              != cells_hash(nbformat.read(path, as_version=4))):
-            print(f"warning: lessons/{path.name} is older than the notebook: run "
-                  f"python -m minidit.course.site execute {path.stem}")
+        else:
+            nb, ran = nbformat.read(path, as_version=4), nbformat.read(copy, as_version=4)
+            if ran.metadata.get("minidit", {}).get("source_hash") != cells_hash(nb):
+                fresh = with_current_prose(ran, nb)
+                print(f"warning: lessons/{path.name} is older than the notebook: run "
+                      f"python -m minidit.course.site execute {path.stem}"
+                      + (" (only its prose changed: the site shows the current prose)" if fresh else ""))
+                if fresh is not None:
+                    nbformat.write(fresh, dest / "lessons" / path.name)
+                    continue
         shutil.copy(copy, dest / "lessons" / path.name)
     pages = sorted(p.relative_to(dest).with_suffix("").as_posix() for p in (dest / "docs").rglob("*.md"))
     toc = "\n\n```{{toctree}}\n:hidden:\n:caption: {}\n:maxdepth: 1\n\n{}\n```\n"
@@ -196,6 +247,8 @@ def main(argv=None):
     e.add_argument("names", nargs="*", help="notebook names (default: all), e.g. 07_training_recipe")
     e.add_argument("--fast", action="store_true",
                    help="MINIDIT_FAST=1: to try the machinery; commit full-mode copies only")
+    e.add_argument("--all", action="store_true",
+                   help="run every named notebook again, even those whose code cells have not changed")
     b = sub.add_parser("build", help="build the static site")
     b.add_argument("--out", default="build/site", help="output folder (default build/site)")
     c = sub.add_parser("check", help="check that every internal link and image of a built site resolves")
@@ -207,7 +260,7 @@ def main(argv=None):
         missing = [n for n in args.names if not (NOTEBOOKS / f"{n.removesuffix('.ipynb')}.ipynb").exists()]
         if missing:
             p.error(f"no such notebook in {NOTEBOOKS}: {', '.join(missing)}")
-        execute(args.names, fast=args.fast)
+        execute(args.names, fast=args.fast, again=args.all)
     elif args.cmd == "build":
         out = Path(args.out)
         if out.exists() and not (out / ".buildinfo").is_file() and (out.is_file() or any(out.iterdir())):
