@@ -6,8 +6,20 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
+# pytest-xdist runs the suite on two processes (pyproject's addopts: CI's two cores). Each gets one
+# BLAS thread, and so does every subprocess a test starts (notebook kernels, commands): two workers
+# with two OpenBLAS threads each would fight over two cores, and small matrix products (the VAE's
+# convolutions) then run 10 to 20 times slower than on one thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # in case NumPy was loaded before this file (by a plugin)
+    from threadpoolctl import threadpool_limits
+    _ONE_BLAS_THREAD = threadpool_limits(1, user_api="blas")
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 STANDIN_DIR = str(Path(__file__).resolve().parent / "standin")

@@ -21,13 +21,13 @@ def test_shipped_model_samples_the_requested_classes():
     params, cfg, meta = load_model(SHIPPED)
     assert cfg.num_classes == 10 and meta["class_names"][0] == "warm circle"
     assert all(v.dtype == np.float32 for v in params.values())  # float16 on disk, float32 in use
-    labels = np.repeat(np.arange(10), 5)
-    x = generate(params, cfg, labels, num_steps=50, sampler="ddpm", guidance_scale=4.0, seed=1)
-    assert x.shape == (50, 3, 32, 32) and np.isfinite(x).all()
+    labels = np.repeat(np.arange(10), 3)
+    x = generate(params, cfg, labels, num_steps=25, sampler="ddpm", guidance_scale=4.0, seed=1)
+    assert x.shape == (30, 3, 32, 32) and np.isfinite(x).all()
     report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
     print(report.summary())
     assert report["classifier_real_accuracy"] > 0.95
-    assert report["class_accuracy"] > 0.2  # chance is 0.10; measured 0.32 on 100, 0.40 on these 50
+    assert report["class_accuracy"] > 0.2  # chance is 0.10; measured 0.367 on these 30 (DDPM 25; 0.40 on 50 with DDPM 50)
     clf = load_classifier(DEFAULT_CLASSIFIER)
     pred = np.asarray(classify(*clf, images_to_input(to_uint8(x))).argmax(axis=1))
     assert (pred % 2 == labels % 2).mean() >= 0.9  # warm vs cool: measured 1.00
@@ -46,9 +46,9 @@ def test_main_job_model_draws_the_requested_classes():
     params, cfg, meta = load_model(LATENT)
     assert (cfg.in_channels, cfg.input_size, cfg.patch_size) == (4, 8, 1) and meta["vae"]
     decode = load_vae_decoder(find_vae(meta["vae"], LATENT), latent_scale=meta.get("latent_scale"))
-    labels = np.repeat(np.arange(10), 5)
-    x = generate(params, cfg, labels, num_steps=50, sampler="ddpm", guidance_scale=4.0, seed=1, decode=decode)
-    assert x.shape == (50, 3, 32, 32) and np.isfinite(x).all()
+    labels = np.repeat(np.arange(10), 3)
+    x = generate(params, cfg, labels, num_steps=25, sampler="ddpm", guidance_scale=4.0, seed=1, decode=decode)
+    assert x.shape == (30, 3, 32, 32) and np.isfinite(x).all()
     report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
     print(report.summary())
-    assert report["class_accuracy"] >= 0.5  # chance is 0.10; measured 0.68 on these 50 (0.72 on 300)
+    assert report["class_accuracy"] >= 0.5  # chance is 0.10; measured 0.633 on these 30 (DDPM 25; 0.68 on 50 with DDPM 50)

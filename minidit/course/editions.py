@@ -15,6 +15,7 @@ from pathlib import Path
 from . import autograder
 from .bodies import replace_body, stub_body
 from .markers import ROOT, find_exercises, find_function, is_stub, select
+from .notebook import HOSTED_CELL_MARK
 
 COPIED = ("minidit", "tests", "notebooks", "benchmarks", "docs", "data", "results", "pyproject.toml", "README.md",
           "requirements.txt", "LICENSE")
@@ -149,18 +150,47 @@ def _remove_written(out, written):
     (out / MANIFEST).unlink(missing_ok=True)
 
 
-def _clean_notebook(src, dst, teacher):
-    """Copy a notebook without its outputs; the student edition also drops the cells tagged "answer"."""
+# Results first: the student edition's start-here notebook keeps the outputs of its executed lesson
+# (lessons/, made with the reference code), so that a student sees the trained model's samples and a
+# denoising trajectory before writing the layers that running it again needs. It shows no exercise's
+# source, and the leak scan reads it with every other file of the edition.
+RESULTS_FIRST = ("00_start_here.ipynb",)
+
+
+def _executed_lesson(src, root):
+    """The executed copy of notebook `src` in root/lessons when it belongs to the notebook's current
+    cells (minidit.course.site's stamp), else None."""
+    import json
+    from .site import cells_hash
+    copy = root / "lessons" / src.name
+    if not copy.is_file():
+        return None
+    executed = json.loads(copy.read_text())
+    current = executed.get("metadata", {}).get("minidit", {}).get("source_hash") == cells_hash(json.loads(src.read_text()))
+    return executed if current else None
+
+
+def _clean_notebook(src, dst, teacher, root=ROOT):
+    """Copy a notebook without its outputs; the student edition also drops the cells tagged "answer"
+    (and keeps the outputs of the RESULTS_FIRST notebooks' executed lessons where they are current)."""
     import json
     nb = json.loads(src.read_text())
+    executed = None if teacher or src.name not in RESULTS_FIRST else _executed_lesson(src, root)
+    if executed is not None:
+        nb = executed
+        nb["metadata"].pop("minidit", None)
     cells = []
     for c in nb["cells"]:
         if not teacher and "answer" in c.get("metadata", {}).get("tags", []):
             continue
-        if c["cell_type"] == "code":
+        if c["cell_type"] == "code" and executed is None:
             c["outputs"], c["execution_count"] = [], None
         cells.append(c)
-    if not teacher:  # one line per unfinished exercise instead of a traceback (minidit.course.notebook)
+    hosted = bool(cells) and "".join(cells[0]["source"]).startswith(HOSTED_CELL_MARK)
+    if not teacher and not hosted:
+        # one line per unfinished exercise instead of a traceback (minidit.course.notebook); a lesson
+        # whose first cell is the hosted set-up gets it from there (start_lesson), after minidit is
+        # installed, which a cell put before it could not count on
         cells.insert(0, {"cell_type": "code", "execution_count": None, "id": "exercise-messages",
                          "metadata": {"tags": ["exercise-messages"]}, "outputs": [],
                          "source": ["from minidit.course.notebook import install_exercise_messages\n",
@@ -199,7 +229,7 @@ def make(out, only=None, root=ROOT, force=False, teacher=False):
             for nb in sorted(src.rglob("*.ipynb")):
                 if ".ipynb_checkpoints" not in nb.parts:
                     (dst / nb.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-                    _clean_notebook(nb, dst / nb.relative_to(src), teacher)
+                    _clean_notebook(nb, dst / nb.relative_to(src), teacher, root)
         elif name in TEACHER_ONLY and not teacher:
             continue
         elif src.is_dir():

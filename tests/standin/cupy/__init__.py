@@ -37,13 +37,28 @@ def reset_counts():
         c.clear()
 
 
+_inside = {}  # co_filename -> whether it is a file of this stand-in
+_names = {}   # (co_filename, working directory) -> the file's path relative to that directory
+
+
 def _site():
+    # called for every operation: the path arithmetic is done once per file, not once per call
     f = sys._getframe(2)
-    while f is not None and os.path.dirname(os.path.abspath(f.f_code.co_filename)) == _HERE:
+    while f is not None:
+        name = f.f_code.co_filename
+        here = _inside.get(name)
+        if here is None:
+            here = _inside[name] = os.path.dirname(os.path.abspath(name)) == _HERE
+        if not here:
+            break
         f = f.f_back
     if f is None:
         return "?"
-    return f"{os.path.relpath(f.f_code.co_filename)}:{f.f_lineno}"
+    key = (name, os.getcwd())
+    rel = _names.get(key)
+    if rel is None:
+        rel = _names[key] = os.path.relpath(name)
+    return f"{rel}:{f.f_lineno}"
 
 
 def _count(kind):
