@@ -9,6 +9,9 @@
 #
 # MINIDIT_REAL_CUPY_VENVS: the folder that holds the two environments (default: the repository
 # root); .ci/run keeps them outside the clone, so that a fresh clone reuses them.
+# --install-only: install (or check) the two environments and stop; .ci/run starts that in the
+# background at its beginning, so that the downloads overlap the main install and test run, and
+# then runs the job with --run-only (no second pass of pip over the pins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,12 +28,15 @@ install() {  # install <venv suffix> <packages...>
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "numpy==$NUMPY" pytest -r requirements.txt "$@" \
     2>&1 | grep -v "^WARNING: Location" || true
 }
-install 14 cupy-cuda12x==14.2.0 "nvidia-cuda-nvrtc-cu12==$NVRTC" "nvidia-cuda-runtime-cu12==$CUDART" \
-  "nvidia-nccl-cu12==$NCCL" > "$logs/install-14" 2>&1 & i14=$!
-install 13 cupy-cuda12x==13.6.0 > "$logs/install-13" 2>&1 & i13=$!
-wait $i14 && wait $i13 || { cat "$logs"/install-*; echo "real-cupy job: install FAILED"; exit 1; }
-cat "$logs"/install-*
-echo "real-cupy job: installs done in $(( $(date +%s) - start )) s"
+if [ "${1:-}" != "--run-only" ]; then
+  install 14 cupy-cuda12x==14.2.0 "nvidia-cuda-nvrtc-cu12==$NVRTC" "nvidia-cuda-runtime-cu12==$CUDART" \
+    "nvidia-nccl-cu12==$NCCL" > "$logs/install-14" 2>&1 & i14=$!
+  install 13 cupy-cuda12x==13.6.0 > "$logs/install-13" 2>&1 & i13=$!
+  wait $i14 && wait $i13 || { cat "$logs"/install-*; echo "real-cupy job: install FAILED"; exit 1; }
+  cat "$logs"/install-*
+  echo "real-cupy job: installs done in $(( $(date +%s) - start )) s"
+fi
+[ "${1:-}" = "--install-only" ] && exit 0
 nv="$("$VENVS/.ci-cupy14/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia"
 run_one() {  # run_one <venv suffix>
   CUDA_PATH="$nv/cuda_runtime" LD_LIBRARY_PATH="$nv/cuda_nvrtc/lib:$nv/nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backend import get_array_module, on_device_of, to_device
 from ..layers import mse_backward, mse_forward
+from .gaussian import starting_noise
 
 # The model sees 999 t, so t = 0..1 covers the range of DiT's integer timesteps 0..999 and the
 # sinusoidal timestep features keep the frequencies they have for the Gaussian diffusion.
@@ -126,13 +127,7 @@ class LinearFlow:
             raise ValueError(f"unknown flow sampler {method!r}: choose 'euler' or 'heun'")
         grid = time_grid(num_steps)
         step = euler_step if method == "euler" else heun_step
-        if noise is None:
-            if rng is None:
-                raise ValueError("sampling needs a starting noise or an rng (minidit.backend.Generator)")
-            noise = rng.normal(tuple(shape), dtype=dtype, device=device)
-        elif tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-        x = noise
+        x = starting_noise(shape, noise, rng, dtype, device)
         indices = range(num_steps)
         if progress:
             from tqdm.auto import tqdm

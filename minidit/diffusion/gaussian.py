@@ -14,6 +14,19 @@ def _device_of(x):
     return "gpu" if is_gpu_array(x) else "cpu"
 
 
+
+def starting_noise(shape, noise=None, rng=None, dtype=None, device=None):
+    """A sampler's x_T: `noise` when given (it must have `shape`), else drawn from rng
+    (minidit.backend.Generator) with the dtype and device asked for. The flow samplers use it too,
+    so a seed starts every sampler from the same noise."""
+    if noise is None:
+        if rng is None:
+            raise ValueError("sampling needs a starting noise or an rng (minidit.backend.Generator)")
+        return rng.normal(tuple(shape), dtype=dtype, device=device)
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+    return noise
+
 class GaussianDiffusion:
     """A diffusion chain (possibly respaced): float64 host tables and the functions that use them.
 
@@ -249,13 +262,7 @@ class GaussianDiffusion:
 
     def _loop(self, step, shape, noise, rng, dtype, device, progress, callback):
         """Run `step(x, t)` for t = S-1 .. 0 from the given or drawn starting noise."""
-        if noise is None:
-            if rng is None:
-                raise ValueError("sampling needs a starting noise or an rng (minidit.backend.Generator)")
-            noise = rng.normal(tuple(shape), dtype=dtype, device=device)
-        elif tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-        x = noise
+        x = starting_noise(shape, noise, rng, dtype, device)
         indices = list(range(self.num_timesteps))[::-1]
         if progress:
             from tqdm.auto import tqdm
