@@ -158,16 +158,14 @@ RESULTS_FIRST = ("00_start_here.ipynb",)
 
 
 def _executed_lesson(src, root):
-    """The executed copy of notebook `src` in root/lessons when it belongs to the notebook's current
-    cells (minidit.course.site's stamp), else None."""
+    """The executed copy of notebook `src` in root/lessons, with the notebook's current prose, when it
+    ran the notebook's current code cells (minidit.course.site's stamp), else None."""
     import json
-    from .site import cells_hash
+    from .site import with_current_prose
     copy = root / "lessons" / src.name
     if not copy.is_file():
         return None
-    executed = json.loads(copy.read_text())
-    current = executed.get("metadata", {}).get("minidit", {}).get("source_hash") == cells_hash(json.loads(src.read_text()))
-    return executed if current else None
+    return with_current_prose(json.loads(copy.read_text()), json.loads(src.read_text()))
 
 
 def _clean_notebook(src, dst, teacher, root=ROOT):

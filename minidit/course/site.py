@@ -47,20 +47,21 @@ def code_hash(nb):
 def with_current_prose(copy, nb):
     """The executed `copy` with the cells of its notebook `nb` when only the prose changed since it
     ran (the same code cells in the same order): nb's cells, each code cell carrying the copy's
-    outputs. None when the code differs (the copy must be executed again)."""
+    outputs. None when the code differs (the copy must be executed again). Plain dicts (json) or
+    nbformat's notebooks alike."""
     import copy as copying
-    if copy.metadata.get("minidit", {}).get("code_hash") != code_hash(nb):
+    if copy.get("metadata", {}).get("minidit", {}).get("code_hash") != code_hash(nb):
         return None
-    ran = iter([c for c in copy.cells if c.cell_type == "code"])
+    ran = iter([c for c in copy["cells"] if c["cell_type"] == "code"])
     fresh = copying.deepcopy(copy)
-    fresh.cells = []
-    for cell in nb.cells:
+    fresh["cells"] = []
+    for cell in nb["cells"]:
         cell = copying.deepcopy(cell)
-        if cell.cell_type == "code":
+        if cell["cell_type"] == "code":
             old = next(ran)
-            cell.outputs, cell.execution_count = old.outputs, old.execution_count
-        fresh.cells.append(cell)
-    fresh.metadata["minidit"] = dict(copy.metadata["minidit"], source_hash=cells_hash(nb))
+            cell["outputs"], cell["execution_count"] = old["outputs"], old["execution_count"]
+        fresh["cells"].append(cell)
+    fresh["metadata"]["minidit"] = dict(copy["metadata"]["minidit"], source_hash=cells_hash(nb))
     return fresh
 
 
