@@ -215,3 +215,15 @@ def test_a_killed_worker_stops_the_run_with_one_line_naming_it(tmp_path):
     assert "the newest checkpoint is" in lines[0] and "Traceback" not in err
     assert not (run / ".minidit.lock").exists()
     _whole_checkpoint(run)
+
+
+def test_on_a_vaes_latents_the_workers_inherit_the_encoded_data(tmp_path, capsys):
+    """The latents are encoded once, before the workers are forked, and give the threads' bits."""
+    from minidit.latent import autoencoder
+    autoencoder._ENCODED.clear()  # the table of an earlier test in this process would be reused
+    latent = ["--vae", "vae_shapes32.npz", "--patch-size", "1", "--steps", "2", "--ckpt-every", "2"]
+    for kind in ("processes", "threads"):
+        assert train.main(TINY + latent + ["--worker-kind", kind, "--out", str(tmp_path / kind)]) == 0
+    said = capsys.readouterr().out
+    assert "before the worker processes start" in said and "kept from the previous run" in said, said
+    _same(_arrays(tmp_path / "threads")[1], _arrays(tmp_path / "processes")[1])

@@ -105,6 +105,26 @@ def config_for(args, data, encoder=None):
     return DiT_models[args.model](**overrides)
 
 
+def _encoded_key(args):
+    """What the table of latents depends on (latent.autoencoder.encoded_dataset keeps the last one)."""
+    return (args.vae, str(args.data), args.image_size, args.num_images)
+
+
+def encode_before_fork(args, threads, log=print):
+    """For --worker-kind processes on a VAE's latents: encode the data once here, on `threads`
+    threads, before the worker processes are forked; every process then finds the table in
+    encoded_dataset's memory (the workers inherit it) instead of each encoding all of it alone."""
+    if not args.vae:
+        return
+    t0 = time.perf_counter()
+    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
+    encoder = load_vae_encoder(args.vae, device="cpu")
+    with DataParallel(threads) as parallel:
+        encoded_dataset(encoder, data.images, _encoded_key(args), parallel, not args.no_progress)
+    log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t0:.1f} s, before "
+        f"the worker processes start")
+
+
 def run(args, log=print):
     """Train as the parsed arguments say; returns a summary dict.
 
@@ -121,7 +141,8 @@ def run(args, log=print):
                              "workers are threads (--worker-kind threads)")
         return run_ranks(args, world, train, log)
     if args.worker_kind == "processes":  # --workers N processes on this machine (training/local_world.py)
-        return run_processes(args, resolve_workers(args.workers, args.batch_size, device), train, log)
+        return run_processes(args, resolve_workers(args.workers, args.batch_size, device), train, log,
+                             prepare=lambda count: encode_before_fork(args, count, log))
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, log=log)
     try:
         return train(args, run_dir, log)
@@ -225,10 +246,11 @@ def train(args, run_dir, log=print, world=None):
             latents = None
             if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
                 t_enc = time.perf_counter()
-                key = (args.vae, str(args.data), args.image_size, args.num_images)
-                latents, again = encoded_dataset(encoder, data.images, key, parallel, not args.no_progress)
-                log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
-                    + (" (kept from the previous run in this process)" if again else ""))
+                latents, again = encoded_dataset(encoder, data.images, _encoded_key(args), parallel,
+                                                 not args.no_progress)
+                if not (again and local):  # worker processes: said by encode_before_fork
+                    log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
+                        + (" (kept from the previous run in this process)" if again else ""))
             while step < args.steps:
                 x, y = next(loader)
                 if latents is not None:

@@ -329,12 +329,12 @@ def _worker_main(child, rank, size, sock, inherited, parent, held):
         os._exit(code)
 
 
-def run_processes(args, count, train, log=print):
+def run_processes(args, count, train, log=print, prepare=None):
     """The training command's run() over `count` processes on this machine: rank 0 checks and
     owns the run directory (before any worker exists, so bad input is reported as by one process),
-    forks the workers, and `train(args, run_dir, log, world)` runs in every process; workers get a
-    FollowerRunDir and no log. Any failure or interrupt on rank 0 stops the workers before the
-    command's one line."""
+    calls prepare(count) (work to do once, whose results the workers inherit), forks the workers,
+    and `train(args, run_dir, log, world)` runs in every process; workers get a FollowerRunDir and
+    no log. Any failure or interrupt on rank 0 stops the workers before the command's one line."""
     from threadpoolctl import threadpool_limits
 
     from .checkpoint import load_checkpoint
@@ -347,6 +347,8 @@ def run_processes(args, count, train, log=print):
             count = int(load_checkpoint(run_dir.resume_from)[0].get("workers", count))
         if count <= 1:
             return train(args, run_dir, log)
+        if prepare is not None:
+            prepare(count)
         resume_from = run_dir.resume_from
 
         def worker(world):
