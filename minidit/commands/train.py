@@ -137,6 +137,8 @@ def run(args, log=print):
         args.vae = str(resolve_input(args.vae, "--vae"))
     if world.size > 1:
         if args.worker_kind == "processes":
+            if world.rank > 0:
+                raise SystemExit(2)  # rank 0 says why
             raise ValueError("--worker-kind processes starts its own processes: under mpirun, each rank's "
                              "workers are threads (--worker-kind threads)")
         return run_ranks(args, world, train, log)
