@@ -119,6 +119,26 @@ def test_a_failing_worker_is_named_with_its_reason():
         world.stop()
 
 
+
+def test_bad_input_is_one_line_before_any_worker_exists(tmp_path, monkeypatch, capsys):
+    def no_fork(*a, **k):
+        raise AssertionError("a worker process was started for a run that cannot start")
+
+    monkeypatch.setattr(LocalWorld, "start", no_fork)
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--worker-kind", "fibers", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "invalid choice: 'fibers'" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + PROCESSES + ["--out", str(tmp_path / "mine")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert len(err.splitlines()) == 1 and "notes.txt" in err, err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    assert not (tmp_path / "run").exists()
+
+
 # ---- the command as a user runs it: signals and kill -9
 
 def _env():
