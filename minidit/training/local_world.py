@@ -363,10 +363,10 @@ def run_processes(args, count, train, log=print, prepare=None):
             try:
                 log("worker processes: " + ", ".join(f"{r} = pid {pid}" for r, pid in enumerate(world.pids())))
                 result = train(args, run_dir, log, world)
+                world.close()  # the workers end with their last step
+                return result
             except BaseException:
                 world.stop()
                 raise
-            world.close()
-            return result
     finally:
         run_dir.close()
