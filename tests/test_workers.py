@@ -141,6 +141,9 @@ def test_bad_input_is_one_line_before_any_worker_exists(tmp_path, monkeypatch, c
 
 # ---- the command as a user runs it: signals and kill -9
 
+LINUX_PS = sys.platform.startswith("linux") and shutil.which("ps") is not None  # ps --ppid
+
+
 def _env():
     env = dict(os.environ, MPLBACKEND="Agg")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -184,7 +187,7 @@ def _whole_checkpoint(run):
     assert not [f for f in Path(run).rglob("*") if ".tmp" in f.name]
 
 
-@pytest.mark.skipif(shutil.which("ps") is None, reason="watches the processes with ps")
+@pytest.mark.skipif(not LINUX_PS, reason="watches the processes with Linux's ps")
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_stop_every_process_and_keep_the_checkpoint(tmp_path, sig, code):
     run = tmp_path / "run"
@@ -209,7 +212,7 @@ def test_ctrl_c_and_sigterm_stop_every_process_and_keep_the_checkpoint(tmp_path,
     _whole_checkpoint(run)
 
 
-@pytest.mark.skipif(shutil.which("ps") is None, reason="watches the processes with ps")
+@pytest.mark.skipif(not LINUX_PS, reason="watches the processes with Linux's ps")
 def test_kill_9_of_the_command_takes_its_workers_with_it(tmp_path):
     run = tmp_path / "run"
     p, children = _start(run)
@@ -219,7 +222,7 @@ def test_kill_9_of_the_command_takes_its_workers_with_it(tmp_path):
     _whole_checkpoint(run)
 
 
-@pytest.mark.skipif(shutil.which("ps") is None, reason="watches the processes with ps")
+@pytest.mark.skipif(not LINUX_PS, reason="watches the processes with Linux's ps")
 def test_a_killed_worker_stops_the_run_with_one_line_naming_it(tmp_path):
     run = tmp_path / "run"
     p, children = _start(run)

@@ -104,21 +104,23 @@ class LocalWorld:
             stream.flush()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            for r in range(1, size):
-                mine, theirs = socket.socketpair()
-                inherited = list(socks.values()) + [mine]  # the other workers' sockets: not theirs to keep
-                p = ctx.Process(target=_worker_main, args=(child, r, size, theirs, inherited, parent, held),
-                                name=f"minidit-worker-{r}", daemon=True)
-                p.start()
-                theirs.close()  # so that the worker's death closes the connection
-                socks[r], procs[r] = mine, p
+            try:
+                for r in range(1, size):
+                    mine, theirs = socket.socketpair()
+                    inherited = list(socks.values()) + [mine]  # the other workers' sockets: not theirs to keep
+                    p = ctx.Process(target=_worker_main, args=(child, r, size, theirs, inherited, parent, held),
+                                    name=f"minidit-worker-{r}", daemon=True)
+                    p.start()
+                    theirs.close()  # so that the worker's death closes the connection
+                    socks[r], procs[r] = mine, p
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held back is raised here
+            return cls(0, size, socks, procs)
         except BaseException:
             for p in procs.values():
                 p.kill()
+                p.join()
             raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        return cls(0, size, socks, procs)
 
     def pids(self):
         """[pid] of every rank, by rank (rank 0's side only)."""
