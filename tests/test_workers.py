@@ -167,9 +167,11 @@ def _start(run, **kw):
 
 
 def _processes(*select):
-    """Pids of the live (not zombie) processes `ps` selects."""
-    r = subprocess.run(["ps", "-o", "pid=,stat=", *select], capture_output=True, text=True)
-    return [int(pid) for pid, stat in (line.split() for line in r.stdout.splitlines()) if not stat.startswith("Z")]
+    """Pids of the live (not zombie) training processes `ps` selects (a forked worker runs the
+    command's own command line; Python's multiprocessing helpers, where it starts them, do not)."""
+    r = subprocess.run(["ps", "-o", "pid=,stat=,args=", *select], capture_output=True, text=True)
+    rows = [line.split(None, 2) for line in r.stdout.splitlines()]
+    return [int(row[0]) for row in rows if not row[1].startswith("Z") and "minidit.train" in row[2]]
 
 
 def _gone(pids, within=10.0):
