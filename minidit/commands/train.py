@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from ..backend import Generator, device_of, get_array_module, set_device, synchronize, to_device, to_numpy
-from ..cli import run_command
+from ..cli import CommandFailed, run_command
 from ..diffusion.objectives import describe
 from ..flops import count_params
 from ..latent.autoencoder import encoded_dataset, load_vae_encoder
@@ -21,6 +21,7 @@ from ..training.optim import AdamW, ema_update, init_ema, lr_at
 from .objective_args import check_resumed_objective, config_overrides, grid_sampler, objective_for
 from .train_args import build_parser, validate
 from ..training.distributed import ProcessGradientSum, make_world, run_ranks
+from ..training.local_world import LocalWorld, WorkerLost, run_processes
 from ..training.parallel import DataParallel, GradientSum, available_cpus, resolve_workers, shards
 from ..training.rundir import (RunDir, check_resumable, compare_resumed_args,
                                restore_training_state, training_state)
@@ -104,17 +105,46 @@ def config_for(args, data, encoder=None):
     return DiT_models[args.model](**overrides)
 
 
+def _encoded_key(args):
+    """What the table of latents depends on (latent.autoencoder.encoded_dataset keeps the last one)."""
+    return (args.vae, str(args.data), args.image_size, args.num_images)
+
+
+def encode_before_fork(args, threads, log=print):
+    """For --worker-kind processes on a VAE's latents: encode the data once here, on `threads`
+    threads, before the worker processes are forked; every process then finds the table in
+    encoded_dataset's memory (the workers inherit it) instead of each encoding all of it alone."""
+    if not args.vae:
+        return
+    t0 = time.perf_counter()
+    data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
+    encoder = load_vae_encoder(args.vae, device="cpu")
+    with DataParallel(threads) as parallel:
+        encoded_dataset(encoder, data.images, _encoded_key(args), parallel, not args.no_progress)
+    log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t0:.1f} s, before "
+        f"the worker processes start")
+
+
 def run(args, log=print):
     """Train as the parsed arguments say; returns a summary dict.
 
     Everything the arguments name (data, VAE, the checkpoint to resume) is read and checked
     before the run directory is touched. Raises TrainingDiverged when the loss or the weights
     stop being finite, and re-raises an interrupt (Ctrl-C, SIGTERM) saying where it stopped."""
-    world = make_world(set_device(args.device))  # --device auto / MINIDIT_DEVICE resolved first
+    device = set_device(args.device)  # --device auto / MINIDIT_DEVICE resolved first
+    world = make_world(device)
     if args.vae:  # by its absolute path from here on (a bare name may be the shipped VAE)
         args.vae = str(resolve_input(args.vae, "--vae"))
     if world.size > 1:
+        if args.worker_kind == "processes":
+            if world.rank > 0:
+                raise SystemExit(2)  # rank 0 says why
+            raise ValueError("--worker-kind processes starts its own processes: under mpirun, each rank's "
+                             "workers are threads (--worker-kind threads)")
         return run_ranks(args, world, train, log)
+    if args.worker_kind == "processes":  # --workers N processes on this machine (training/local_world.py)
+        return run_processes(args, resolve_workers(args.workers, args.batch_size, device), train, log,
+                             prepare=lambda count: encode_before_fork(args, count, log))
     run_dir = RunDir(args.out, args.resume, args.overwrite, args.keep, log=log)
     try:
         return train(args, run_dir, log)
@@ -123,7 +153,8 @@ def run(args, log=print):
 
 
 def train(args, run_dir, log=print, world=None):
-    """The training itself, in a checked run directory (see run); world: the MPI ranks (run_ranks)."""
+    """The training itself, in a checked run directory (see run); world: the MPI ranks (run_ranks)
+    or this machine's worker processes (run_processes)."""
     device = set_device(args.device)
     world = world or make_world(device)
     data = load_dataset(args.data, split="train", image_size=args.image_size, n=args.num_images, seed=0)
@@ -136,30 +167,38 @@ def train(args, run_dir, log=print, world=None):
     opt = AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
     step = 0
-    workers = resolve_workers(args.workers, args.batch_size, device)
-    if world.size > 1:
+    workers = resolve_workers(args.workers, args.batch_size, device)  # threads in this process
+    local = isinstance(world, LocalWorld)  # --worker-kind processes: one thread in each
+    if local:
+        workers = 1
+    elif world.size > 1:
         if args.batch_size < world.size:
             raise ValueError(f"--batch-size {args.batch_size} cannot be shared by {world.size} MPI ranks: "
                              f"each rank needs at least one image of every batch")
         if args.workers == 0:  # the machine's CPUs shared by the ranks placed on it
             workers = resolve_workers(max(1, available_cpus() // world.local_size), args.batch_size, device)
         workers = min(workers, args.batch_size // world.size)  # every thread of every rank gets an image
+    # what a checkpoint records: the workers (threads, or processes on this machine) and the MPI ranks
+    count, mpi_ranks = (world.size, 1) if local else (workers, world.size)
     if args.resume:
         meta, groups = load_checkpoint(run_dir.resume_from)
         if meta.get("kind", "dit") != "dit":
             raise ValueError(f"--resume: {run_dir.resume_from} is a {meta.get('kind')} checkpoint, not a DiT's")
         check_resumable(meta, groups, run_dir.resume_from)
-        compare_resumed_args(meta.get("args"), args, log)
-        saved = meta.get("workers", workers)
-        if args.workers == 0:
-            workers = saved  # the count decides how float32 gradients are summed: keep it
-        elif saved != workers:
-            log(f"note: the run used {saved} workers and now {workers}; it will not match an "
+        saved_args = meta.get("args")
+        if isinstance(saved_args, dict):  # threads and processes give the same bits: not a change
+            saved_args = {k: v for k, v in saved_args.items() if k != "worker_kind"}
+        compare_resumed_args(saved_args, args, log)
+        saved = meta.get("workers", count)
+        if args.workers == 0 and not local:
+            workers = count = saved  # the count decides how float32 gradients are summed: keep it
+        elif saved != count:
+            log(f"note: the run used {saved} workers and now {count}; it will not match an "
                 f"uninterrupted run to the bit (sums round differently)")
         ranks = meta.get("ranks", 1)
-        if ranks != world.size:
+        if ranks != mpi_ranks:
             log(f"note: the run used {ranks} rank{'s' if ranks > 1 else ''} (mpirun -n {ranks}) and now "
-                f"{world.size}; it continues, but the gradients are cut into other shards and summed in "
+                f"{mpi_ranks}; it continues, but the gradients are cut into other shards and summed in "
                 f"another order, so it will not match an uninterrupted run to the bit")
         check_resumed_objective(meta, diffusion)
         if DiTConfig.from_dict(meta["config"]) != cfg:
@@ -178,8 +217,8 @@ def train(args, run_dir, log=print, world=None):
             return None
         state, groups = training_state(opt, rng, loader)
         meta = dict(kind="dit", config=cfg.to_dict(), model_name=args.model, class_names=data.class_names,
-                    dataset=str(args.data), image_size=args.image_size, args=vars(args), workers=workers,
-                    ranks=world.size, objective=describe(diffusion),
+                    dataset=str(args.data), image_size=args.image_size, args=vars(args), workers=count,
+                    ranks=mpi_ranks, objective=describe(diffusion),
                     vae=args.vae, latent_scale=getattr(encoder, "scale", None), **state)
         return run_dir.save(step, meta, model=params, ema=ema, **groups)
 
@@ -198,7 +237,8 @@ def train(args, run_dir, log=print, world=None):
     log(f"{args.model} ({cfg.block}, {n_params:,} trainable params, input {cfg.input_size}x{cfg.input_size}"
         f"x{cfg.in_channels}, {cfg.num_classes} classes) on {device}"
         f"{f' with {workers} data-parallel workers' if workers > 1 else ''}"
-        f"{f' on each of {world.size} {world.name} ranks' if world.size > 1 else ''}, {len(data)} training images")
+        f"{f' with {world.size} data-parallel worker processes' if local else ''}"
+        f"{f' on each of {world.size} {world.name} ranks' if world.size > 1 and not local else ''}, {len(data)} training images")
     from tqdm.auto import tqdm
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or world.rank > 0, desc="train",
                dynamic_ncols=True)
@@ -208,10 +248,11 @@ def train(args, run_dir, log=print, world=None):
             latents = None
             if encoder is not None:  # the frozen encoder's posteriors, once, for every image and its mirror
                 t_enc = time.perf_counter()
-                key = (args.vae, str(args.data), args.image_size, args.num_images)
-                latents, again = encoded_dataset(encoder, data.images, key, parallel, not args.no_progress)
-                log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
-                    + (" (kept from the previous run in this process)" if again else ""))
+                latents, again = encoded_dataset(encoder, data.images, _encoded_key(args), parallel,
+                                                 not args.no_progress)
+                if not (again and local):  # worker processes: said by encode_before_fork
+                    log(f"encoded {len(data)} images and their mirror images in {time.perf_counter() - t_enc:.1f} s"
+                        + (" (kept from the previous run in this process)" if again else ""))
             while step < args.steps:
                 x, y = next(loader)
                 if latents is not None:
@@ -244,6 +285,12 @@ def train(args, run_dir, log=print, world=None):
                         raise run_dir.write_failed(e, f"the sample grid of step {step}") from e
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: say where the run stopped
         raise run_dir.interrupted(e, step) from None
+    except WorkerLost as e:  # a worker process died or failed (rank 0 only: the workers just stop)
+        if world.rank > 0:
+            raise
+        newest = run_dir.last_checkpoint or "none (nothing is kept)"
+        raise CommandFailed(f"{e}, at step {step + 1}; the newest checkpoint is {newest}"
+                            + (" (continue with --resume)" if run_dir.last_checkpoint else "")) from None
     finally:
         bar.close()
     last = run_dir.last_checkpoint

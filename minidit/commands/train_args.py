@@ -35,7 +35,11 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cpu (default), gpu or auto")
     ap.add_argument("--workers", type=int, default=0,
-                    help="data-parallel threads on the CPU (0: one per CPU, at most 8; 1: none)")
+                    help="data-parallel workers on the CPU (0: one per CPU, at most 8; 1: none)")
+    ap.add_argument("--worker-kind", default="threads", choices=("threads", "processes"),
+                    help="what the --workers are: threads of this process (default), or processes on this "
+                         "machine (one Python each, so small models are not held back by Python's lock); "
+                         "the same numbers to the bit either way")
     add_run_arguments(ap, out="runs/default")
     ap.add_argument("--sample-every", type=int, default=0, help="EMA sample grid every N steps (0: only at the end)")
     ap.add_argument("--no-sample-grid", action="store_true",

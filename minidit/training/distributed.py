@@ -19,6 +19,10 @@ How minidit keeps a K-rank run equal to one process (tests/test_distributed.py):
 
 A rank that fails stops every rank at once (MPI_Abort), naming itself; a rank killed outright is
 noticed by the launcher (mpirun), which ends the others.
+
+On one machine the same ranks run without MPI with `--worker-kind processes`: local_world.py
+builds a world with these collectives from the standard library, and ProcessGradientSum and
+train.py's step are shared by both.
 """
 import json
 import math

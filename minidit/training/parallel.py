@@ -14,6 +14,10 @@ passes run, as DDP overlaps its all-reduce with the backward), so a run is deter
 given number of workers. Different
 worker counts round differently (float32 sums in another order), which is why a checkpoint
 records the count and resume reuses it.
+
+Threads still share one interpreter: between NumPy calls only one of them runs Python, which
+limits small models, whose steps are many short calls. `--worker-kind processes` runs the same
+shards in worker processes instead (local_world.py), with the same sums in the same order.
 """
 import contextlib
 import os
