@@ -34,6 +34,22 @@ from minidit.model import DiTConfig, param_shapes  # noqa: E402
 _GPU = backend.gpu_available()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist's --dist loadgroup sends the tests of one xdist_group to one worker by adding
+    "@group" to their node ids in each worker. pytest 9.2 keeps the id in `item._id`, so xdist 3.8's
+    own hook (which sets `item._nodeid`) no longer takes effect and the groups were spread over
+    both workers (module fixtures built twice, two mpiruns at once): do it here, once."""
+    if not getattr(config.option, "loadgroup", False) or not items or not hasattr(items[0], "_id"):
+        return
+    from _pytest.nodeid import coerce_node_id
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 def pytest_report_header(config):
     return ("gpu tests run on: the strict CuPy stand-in (tests/standin), no GPU needed" if STANDIN
             else "gpu tests run on: CuPy " + __import__("cupy").__version__ + (" with a GPU" if _GPU else ", no GPU: skipped"))
