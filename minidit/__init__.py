@@ -25,7 +25,23 @@ class loading_command:
         return self
 
     def __exit__(self, *exc):
-        if self.active:
+        # The guard stays on until the command's own handling of Ctrl-C is in place:
+        # minidit.cli.run_command ends it (end_loading_guard) inside its try block, so that no
+        # moment between the imports and that block (building the parser, a lazy import whose
+        # bytecode is compiled) shows a traceback. An import that failed ends it here.
+        if self.active and exc[0] is not None:
             import signal
             signal.signal(signal.SIGINT, self._previous)
+        elif self.active:
+            _GUARD[:] = [self._previous]
         return False
+
+
+_GUARD = []  # the SIGINT handler to put back once a command's own Ctrl-C handling starts
+
+
+def end_loading_guard():
+    """Put back the SIGINT handler that loading_command replaced (nothing when no guard is on)."""
+    if _GUARD:
+        import signal
+        signal.signal(signal.SIGINT, _GUARD.pop())

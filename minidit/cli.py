@@ -21,6 +21,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import end_loading_guard
+
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
 
@@ -215,8 +217,9 @@ def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batc
     the work is done; bad arguments exit 2 through ap.error. plots: the command draws pictures,
     so MPLBACKEND is checked first. NumPy's floating-point warnings are silenced: a command that
     checks its numbers (a diverging run) says what went wrong in its one line instead."""
-    _printable_streams()
     try:
+        end_loading_guard()  # from here on, Ctrl-C is a KeyboardInterrupt handled below
+        _printable_streams()
         args = ap.parse_args(argv)
         if plots:
             check_plotting(ap)

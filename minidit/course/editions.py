@@ -3,6 +3,7 @@ bodies replaced by stubs, the fused GPU forms, tests, benchmarks/, docs/, notebo
 cells left out, the autograder's record stored as numbers, one test per exercise) or the teacher's
 edition; the manifest of what make wrote and the checks that keep --out and --force from touching
 anything else; the exercise sheet and the list of exercises, grouped by the weeks of the course.
+One module of about 330 lines: each part is a step of `make`, in the order it runs.
 """
 import ast
 import os
