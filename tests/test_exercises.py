@@ -107,6 +107,9 @@ SHARED_WITH_GIVEN_CODE = {
     "rng = np.random.default_rng(seed)": "the given combine (and the initialisers) seed the same way; "
                                           "bootstrap's docstring prescribes it",
     "mean, raw = xp.split(moments, 2, axis=1)": "the given encode_moments splits the moments the same way",
+    "N, C = x_start.shape[:2]": "the given training_losses (the Gaussian diffusion's loss) reads the same shapes",
+    "dloss = xp.full((N,), 1.0 / N, dtype=x_start.dtype)": "the given training_losses has the same default: "
+                                                            "the gradient of the batch mean",
 }
 _TRIVIAL = [re.compile(p) for p in (r"^xp = get_array_module\([\w, ]*\)$", r"^return [\w, .]*$", r"^def \w+\(.*\):$",
                                     r"^[)\]}]*$", r"^else:$")]

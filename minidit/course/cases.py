@@ -308,6 +308,14 @@ def _(rng, live):
                  dict(noise=_r(rng, 3, 2, 3, 3), eta=0.5, clip_denoised=True), names=("out",))]
 
 
+@case("flow_losses")
+def _(rng, live):
+    x0, noise = np.tanh(_r(rng, 3, 2, 3, 3)), _r(rng, 3, 2, 3, 3)
+    return [Call((_r(rng, 3, 2, 3, 3), x0, noise), names=("out",)),  # dloss left out: the batch mean
+            Call((_r(rng, 3, 2, 3, 3), x0, noise, np.array([0.5, -1.0, 2.0])), names=("out",)),
+            Call((_r(rng, 3, 4, 3, 3), x0, noise), names=("out",), raises=("ValueError", "velocity only"))]
+
+
 @case("normal_kl_grad_logvar2")
 def _(rng, live):
     return [Call(tuple(_r(rng, 2, 3, 4) for _ in range(4)), names=("dlogvar2",))]

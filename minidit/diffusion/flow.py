@@ -32,13 +32,18 @@ def velocity_target(x_start, noise):
     return noise - x_start
 
 
+# exercise: 3.1 After DiT: flow matching
 def flow_losses(model_output, x_start, noise, dloss=None):
     """The flow-matching loss per sample and its gradient on the model output.
 
-    model_output: (N, C, H, W) = v_hat; x_start, noise: (N, C, H, W); dloss: (N,) upstream
-    gradient of each sample's loss, default 1/N (the gradient of the batch mean).
-    Returns dict: loss = mse = mean_{CHW} (v_hat - (eps - x_0))^2, each (N,), and grad =
-    d sum_n(dloss_n loss_n) / d v_hat, shaped like model_output.
+    model_output: (N, C, H, W), the predicted velocity v_hat; x_start (x_0) and noise (eps):
+    (N, C, H, W); dloss: (N,) upstream gradient of each sample's loss, default 1/N for every
+    sample (the gradient of the batch mean). The target is the path's velocity v = eps - x_0
+    (velocity_target). Returns a dict with exactly three keys: "loss" and "mse", both the (N,)
+    array mean over C, H, W of (v_hat - (eps - x_0))^2, and "grad" =
+    d sum_n(dloss_n loss_n) / d v_hat = dloss_n 2 (v_hat - v) / (C H W), shaped like model_output.
+    A model_output whose channel count is not C (e.g. 2C, a learned-variance model) raises
+    ValueError("a flow model outputs the velocity only: ..."), naming both channel counts.
     """
     xp = get_array_module(x_start)
     N, C = x_start.shape[:2]
