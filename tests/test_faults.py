@@ -44,7 +44,7 @@ def _temporary_files(folder):
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing_and_resume_is_exact(tmp_path):
-    kills, steps = int(os.environ.get("MINIDIT_KILLS", "3")), int(os.environ.get("MINIDIT_KILL_STEPS", "60"))
+    kills, steps = int(os.environ.get("MINIDIT_KILLS", "3")), int(os.environ.get("MINIDIT_KILL_STEPS", "40"))
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(straight, "--steps", str(steps), "--ckpt-every", "1", "--keep", "3"),
                    env=_env(), check=True, capture_output=True, timeout=600)

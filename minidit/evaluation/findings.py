@@ -13,6 +13,10 @@ PAPER_FID = {d: v[2] for d, v in PAPER_BLOCK_DESIGNS.items()}
 PAPER_BEST, PAPER_WORST = min(PAPER_FID, key=PAPER_FID.get), max(PAPER_FID, key=PAPER_FID.get)
 
 
+def _count(runs):
+    return {2: "two", 3: "three", 4: "four"}.get(len(runs), str(len(runs)))
+
+
 def block_design_findings(runs):
     """The paper's best design (adaLN-Zero) best on each metric, and the Fréchet distance ratio of
     its worst (in-context) to its best."""
@@ -25,7 +29,7 @@ def block_design_findings(runs):
             fin = {d: r["summary"][-1][mode][metric] for d, r in runs.items()}
             order = sorted(fin, key=lambda d: fin[d]["mean"], reverse=METRICS[metric] == "higher")
             verdicts = {d: better(fin[best], fin[d], metric) for d in fin if d != best}
-            out.append({"claim": f"{best} has the best {mode_name(mode)} {metric} of the four designs",
+            out.append({"claim": f"{best} has the best {mode_name(mode)} {metric} of the {_count(runs)} designs",
                         "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
                         "ranking": order, "values": {d: fmt_interval(fin[d], metric) for d in order},
                         "against": verdicts})
@@ -35,7 +39,7 @@ def block_design_findings(runs):
     if all(loss.values()):
         order = sorted(loss, key=lambda d: loss[d]["mean"])
         verdicts = {d: better(loss[best], loss[d], "loss") for d in loss if d != best}
-        out.append({"claim": f"{best} has the lowest training loss of the four designs (seed spread only)",
+        out.append({"claim": f"{best} has the lowest training loss of the {_count(runs)} designs (seed spread only)",
                     "verdict": "finding" if all(v == "finding" for v in verdicts.values()) else "not a finding",
                     "ranking": order,
                     "values": {d: f"{loss[d]['mean']:.4f} [{loss[d]['ci'][0]:.4f}, {loss[d]['ci'][1]:.4f}]"
