@@ -17,10 +17,17 @@ class loading_command:
             import signal
             import sys
 
+            line = f"{self.prog}: interrupted before it started; nothing was written\n".encode()
+
             def stop(signum, frame):  # exits at once: an exception raised inside NumPy's C imports
-                sys.stderr.write(f"{self.prog}: interrupted before it started; nothing was written\n")
-                sys.stderr.flush()   # would come out as a long ImportError instead
-                os._exit(130)
+                try:                  # would come out as a long ImportError instead
+                    sys.stderr.flush()
+                except Exception:     # a signal can land while the main thread writes to stderr
+                    pass
+                try:
+                    os.write(2, line)  # no buffer (and no lock) between this line and the terminal
+                finally:
+                    os._exit(130)
             self._previous = signal.signal(signal.SIGINT, stop)
         return self
 

@@ -360,7 +360,11 @@ def test_ctrl_c_in_the_first_moments_is_one_line(tmp_path):
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(startup + delay)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=120)
+        try:
+            _, err = p.communicate(timeout=120)
+        finally:
+            p.kill()  # never leave a run behind that ignored the interrupt (the assertions below fail then)
+            p.wait()
         if "init_import_site" in err or ("Traceback" in err and "minidit" not in err):
             continue  # the interpreter's own start-up, before the first line of minidit
         counted += 1
