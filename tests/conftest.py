@@ -198,3 +198,15 @@ def pytest_terminal_summary(terminalreporter, config):
     for g in grads:
         tr.write_line(f"{g['name']:<58} worst {g['worst']:<22} {g['err']:.1e}  (tol {g['tol']:.0e}) "
                       f"{'ok' if g['ok'] else 'FAIL'}")
+
+
+def same_arrays(a, b):
+    """Assert that two {name: array} dicts hold the same names and the same bits."""
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not bad, f"differ: {bad[:5]}"
+
+
+def run_log(run):
+    """A run's log.jsonl lines without their timings (what two equal runs share)."""
+    return [line.split('"steps_per_sec"')[0] for line in (Path(run) / "log.jsonl").read_text().splitlines()]

@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from conftest import same_arrays as _same, run_log as _log
 
 from minidit.training.checkpoint import checkpoints_of, load_checkpoint
 
@@ -46,14 +47,6 @@ def _weights(run):
     return meta, {f"{g}/{k}": v for g in ("model", "ema") for k, v in groups[g].items()}
 
 
-def _same(a, b):
-    assert a.keys() == b.keys()
-    bad = [k for k in a if not np.array_equal(a[k], b[k])]
-    assert not bad, f"differ: {bad[:5]}"
-
-
-def _log(run):
-    return [line.split('"steps_per_sec"')[0] for line in (Path(run) / "log.jsonl").read_text().splitlines()]
 
 
 def test_two_ranks_equal_one_process_with_two_threads(tmp_path):

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import same_arrays as _same, run_log as _log
+
 from minidit.commands import train
 from minidit.training.checkpoint import checkpoints_of, load_checkpoint
 from minidit.training.local_world import LocalWorld, WorkerLost
@@ -36,14 +38,6 @@ def _arrays(run, step=None):
     return meta, {f"{g}/{k}": v for g, group in groups.items() for k, v in group.items()}
 
 
-def _same(a, b):
-    assert a.keys() == b.keys()
-    bad = [k for k in a if not np.array_equal(a[k], b[k])]
-    assert not bad, f"differ: {bad[:5]}"
-
-
-def _log(run):
-    return [line.split('"steps_per_sec"')[0] for line in (Path(run) / "log.jsonl").read_text().splitlines()]
 
 
 def test_two_processes_equal_two_threads_bit_for_bit_and_resume_across_kinds(tmp_path, capsys):
