@@ -210,6 +210,16 @@ def _printable_streams():
             stream.reconfigure(errors="backslashreplace")
 
 
+def _interrupt_handled():
+    """Tell CPython that the KeyboardInterrupt it raised has been dealt with. When Ctrl-C lands
+    while code compiled from a string runs (exec of a string: namedtuple and dataclass creation
+    do it, so a lazy import of matplotlib can be in one), CPython 3.11 marks the interrupt as
+    unhandled as it leaves that code, even though we catch it further up; a `python -m` command
+    then kills itself with SIGINT at exit (status -2) instead of returning our 130. The next
+    exec of a string clears that mark."""
+    exec("pass")
+
+
 def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batch or the number of images",
                 plots=True):
     """Parse and validate the arguments, then run(args) under the rules of this module. Returns
@@ -226,6 +236,7 @@ def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batc
         if validate is not None:
             validate(ap, args)
     except KeyboardInterrupt:  # Ctrl-C while the arguments were read (or the imports ran)
+        _interrupt_handled()
         print(f"{ap.prog}: interrupted before it started; nothing was written", file=sys.stderr)
         return EXIT_SIGINT
     with _sigterm_as_exception(), warnings.catch_warnings():
@@ -233,6 +244,7 @@ def run_command(ap, run, argv=None, validate=None, out_of_memory="lower the batc
         try:
             status = run(args)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
+            _interrupt_handled()
             why = str(e) or "interrupted"
             print(f"{ap.prog}: {why}", file=sys.stderr)
             return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT

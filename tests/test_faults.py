@@ -374,6 +374,41 @@ def test_ctrl_c_in_the_first_moments_is_one_line(tmp_path):
     assert counted >= 3
 
 
+_STRING_CODE_COMMAND = """
+import argparse, sys
+from minidit.cli import run_command
+
+def run(args):
+    print("ready", flush=True)
+    exec("import time\\nfor _ in range(600): time.sleep(0.05)")  # code compiled from a string, as namedtuple's
+
+sys.exit(run_command(argparse.ArgumentParser(prog="string_code"), run, plots=False))
+"""
+
+
+def test_ctrl_c_inside_code_compiled_from_a_string_still_exits_130(tmp_path):
+    """CPython 3.11 remembers a KeyboardInterrupt that left code run by exec() of a string as
+    unhandled, and a `python -m` program then kills itself with SIGINT at exit (status -2), even
+    though the command caught the interrupt and printed its line. Lazy imports (matplotlib's
+    first plot at the first checkpoint) create namedtuples and dataclasses that way, so Ctrl-C
+    at that moment hit it."""
+    (tmp_path / "string_code.py").write_text(_STRING_CODE_COMMAND)
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    p = subprocess.Popen([sys.executable, "-m", "string_code"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, (p.returncode, err)
+    assert err.strip() == "string_code: interrupted", err
+
+
 @pytest.mark.slow
 def test_an_output_name_the_terminal_cannot_print_does_not_fail_the_run(tmp_path):
     out = tmp_path / "résumé_run"
