@@ -25,7 +25,7 @@ install() {  # install <venv suffix> <packages...>
   local venv="$VENVS/.ci-cupy$1"
   shift
   [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "numpy==$NUMPY" pytest -r requirements.txt "$@" \
+  "$venv/bin/python" -m pip install -q --no-compile --disable-pip-version-check "numpy==$NUMPY" pytest -r requirements.txt "$@" \
     2>&1 | grep -v "^WARNING: Location" || true
 }
 if [ "${1:-}" != "--run-only" ]; then

@@ -54,6 +54,10 @@ RECIPES = {
     # deeper and narrower on the same latents
     "latent-p1-d8-w96": [*LATENT, "--depth", "8", "--hidden-size", "96", "--num-heads", "4", "--lr", "2e-3",
                          "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+    # the winner's network and schedule, trained by flow matching with logit-normal times (issue 27;
+    # docs/objectives.md), sampled by Euler 50
+    "latent-p1-flow-ln": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                          "--objective", "flow", "--timesteps", "logit-normal"],
     # a sharper autoencoder: f = 2 (16x16x4 latents), patch 2, the same 64 tokens
     "latent-f2-p2": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", "--lr", "2e-3",
                      "--batch-size", "32", "--ema-decay", "0.998", *COSINE],

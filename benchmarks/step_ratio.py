@@ -12,6 +12,7 @@ import numpy as np
 
 from minidit.backend import Generator
 from minidit.diffusion import create_diffusion
+from minidit.diffusion.objectives import make_objective
 from minidit.latent.autoencoder import load_vae_encoder
 from minidit.model import get_config, init_params
 from minidit.training.data import load_dataset, to_model_space
@@ -23,7 +24,11 @@ from minidit.commands.train import train_step
 CONFIGS = {"latent-p1-cosine": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4), 8),
            "latent-p1-d8-w96": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4, depth=8,
                                            hidden_size=96, num_heads=4), 8),
-           "latent-f2-p2": (get_config("minidit-Tiny/2", input_size=16, in_channels=4), 16)}
+           "latent-f2-p2": (get_config("minidit-Tiny/2", input_size=16, in_channels=4), 16),
+           # flow matching on the winner's network: a velocity output only (no learned variance)
+           "latent-p1-flow-ln": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4,
+                                            learn_sigma=False), 8)}
+OBJECTIVES = {"latent-p1-flow-ln": lambda: make_objective("flow", False, "logit-normal", 0.0, 1.0, None, "eps")}
 
 
 def main():
@@ -31,15 +36,15 @@ def main():
     state = {}
     for n, (cfg, side) in CONFIGS.items():
         p = init_params(cfg, seed=0)
-        state[n] = (p, init_ema(p), AdamW(p, lr=1e-3), cfg, side)
+        state[n] = (p, init_ema(p), AdamW(p, lr=1e-3), cfg, side, OBJECTIVES[n]() if n in OBJECTIVES else d)
     rng, y = Generator(0), np.arange(32) % 10
     times = {n: [] for n in CONFIGS}
     with DataParallel(2) as par:
         for _ in range(6):
-            for n, (p, e, o, cfg, side) in state.items():
+            for n, (p, e, o, cfg, side, objective) in state.items():
                 t = time.perf_counter()
                 for _ in range(10):
-                    train_step(p, e, o, cfg, d, rng.normal((32, 4, side, side), dtype=np.float32), y, rng, 0.99, par)
+                    train_step(p, e, o, cfg, objective, rng.normal((32, 4, side, side), dtype=np.float32), y, rng, 0.99, par)
                 times[n].append((time.perf_counter() - t) / 10)
     base = np.median(times["latent-p1-cosine"])
     for n in times:

@@ -6,10 +6,13 @@
 - after `restore --all` (the state of a student who has written every exercise) they run clean
   and show their figures, with the inline backend of a student's Jupyter.
 
-The second run is also the suite's CPU run of the lessons: a restored edition holds the reference
-bodies, and its notebooks hold exactly the code cells of notebooks/ (checked below; the edition
-only drops answer cells, which are prose). tests/test_notebooks.py runs notebooks/ on the GPU
-(the CuPy stand-in in CI). Both run in the fast mode (MINIDIT_FAST=1).
+The second run is also the suite's run of the lessons themselves, on the GPU (MINIDIT_DEVICE=gpu:
+the CuPy stand-in of tests/standin in CI, where no CuPy is installed; the CPU where no GPU path
+exists): a restored edition holds the reference bodies, and its notebooks hold exactly the code
+cells of notebooks/ (checked below; the edition only drops answer cells, which are prose). The
+first run is on the CPU, and lessons/ holds every notebook executed on the CPU in its full mode,
+stamped with the hash of the code it ran (tests/test_site.py). Both runs here use the fast mode
+(MINIDIT_FAST=1).
 """
 import ast
 import json
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from minidit import backend
 from minidit.course import exercises as exm
 from minidit.course import site
 from minidit.course.editions import RESULTS_FIRST
@@ -52,10 +56,10 @@ def editions(tmp_path_factory):
     return fresh, done
 
 
-def _run(edition, name, monkeypatch, backend="Agg"):
+def _run(edition, name, monkeypatch, plots="Agg", device="cpu"):
     monkeypatch.setenv("MINIDIT_FAST", "1")
-    monkeypatch.setenv("MPLBACKEND", backend)
-    monkeypatch.setenv("MINIDIT_DEVICE", "cpu")
+    monkeypatch.setenv("MPLBACKEND", plots)
+    monkeypatch.setenv("MINIDIT_DEVICE", device)
     monkeypatch.setenv("PYTHONPATH", str(edition) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     nb = nbformat.read(edition / "notebooks" / name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
@@ -97,10 +101,12 @@ def test_after_the_exercises_runs_clean_with_figures(path, editions, monkeypatch
     _, done = editions
     assert _code(json.loads((done / "notebooks" / path.name).read_text())) == _code(json.loads(path.read_text())), \
         f"the student edition's {path.name} runs other code than notebooks/{path.name}"
-    nb, errors = _run(done, path.name, monkeypatch, backend=INLINE)
+    device = "gpu" if backend.gpu_available() else "cpu"
+    nb, errors = _run(done, path.name, monkeypatch, plots=INLINE, device=device)
     figures = count_figures(nb)
     summary("course: student-edition notebooks", f"{path.stem} after restore --all: {len(errors)} errors")
-    summary("notebooks: figures shown", f"{path.stem} [cpu, student edition after the exercises]: {figures} figure(s)")
+    summary("notebooks: figures shown", f"{path.stem} [{device}, student edition after the exercises]: "
+                                        f"{figures} figure(s)")
     assert errors == [], [o.traceback for _, o in errors]
     assert figures > 0, f"{path.name} promises figures but showed none when executed"
 
