@@ -104,6 +104,21 @@ def test_checkpoints_rotate_and_the_plot_waits_for_a_log(tmp_path):
     assert rd.plot_loss("loss").exists()
 
 
+def test_the_loss_plot_is_redrawn_at_most_every_few_seconds_and_always_at_the_end(tmp_path, monkeypatch):
+    import minidit.training.rundir as rundir
+    rd = RunDir(tmp_path / "run").start()
+    rd.log({"step": 1, "loss": 0.5, "mse": 0.4})
+    first = rd.plot_loss("loss")
+    assert first is not None and first.exists()  # the first checkpoint's plot is drawn
+    drawn = first.stat().st_mtime_ns
+    rd.log({"step": 2, "loss": 0.4, "mse": 0.3})
+    assert rd.plot_loss("loss") is None and first.stat().st_mtime_ns == drawn  # too soon: kept as it was
+    assert rd.plot_loss("loss", final=True) == first  # the last step is always drawn
+    monkeypatch.setattr(rundir, "PLOT_EVERY_S", 0.0)
+    rd.log({"step": 3, "loss": 0.3, "mse": 0.2})
+    assert rd.plot_loss("loss") == first  # once the interval has passed, drawn again
+
+
 def test_a_log_line_cut_short_by_a_kill_is_skipped(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "lo')

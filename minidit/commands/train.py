@@ -276,7 +276,7 @@ def train(args, run_dir, log=print, world=None):
                     acc, t_last = [], now
                 if step % args.ckpt_every == 0 or step == args.steps:
                     save(step)
-                    run_dir.plot_loss(title=f"{args.model} on {args.data}")
+                    run_dir.plot_loss(title=f"{args.model} on {args.data}", final=step == args.steps)
                 if world.rank == 0 and not args.no_sample_grid and (
                         (args.sample_every and step % args.sample_every == 0) or step == args.steps):
                     try:

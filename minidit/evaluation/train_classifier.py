@@ -95,7 +95,7 @@ def train_classifier(dataset, steps=3000, batch_size=64, lr=2e-3, seed=0, device
             if run_dir is not None and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
                 state, groups = training_state(opt, rng, loader)
                 run_dir.save(step + 1, {**describe(), "kind": "classifier", **state}, model=P, **groups)
-                run_dir.plot_loss("evaluation classifier: cross-entropy", keys=("loss",))
+                run_dir.plot_loss("evaluation classifier: cross-entropy", keys=("loss",), final=step + 1 == steps)
             if progress and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
                 print(f"step {step + 1}/{steps}  loss {curve[-1][1]:.4f}  "
                       f"({time.perf_counter() - t0:.1f} s)", flush=True)

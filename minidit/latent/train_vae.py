@@ -217,7 +217,7 @@ def _train(args, run_dir, log):
         x_rec = reconstruct(enc, x_test)
         held_out_psnr = psnr(x_rec, to_numpy(x_test))
         last_ckpt, meta = save(step, latent_scale=scale, held_out_psnr=held_out_psnr)
-        run_dir.plot_loss(f"VAE f={cfg.downsample} on {args.data}", keys=("loss", "rec"))
+        run_dir.plot_loss(f"VAE f={cfg.downsample} on {args.data}", keys=("loss", "rec"), final=True)
         # The VAE alone (no optimiser state): what latent DiT training and sampling read.
         vae_file = save_checkpoint(out / "vae.npz", {k: meta[k] for k in ("kind", "step", "config", "dataset",
                                    "image_size", "kl_weight", "latent_scale", "held_out_psnr")}, model=params)

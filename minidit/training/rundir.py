@@ -2,7 +2,8 @@
 
     out/checkpoints/step_0001000.npz   the newest `keep` checkpoints (minidit.training.checkpoint)
     out/log.jsonl                      one JSON record per logged step, each step once, in order
-    out/loss.png                       the logged losses against the step
+    out/loss.png                       the logged losses against the step (redrawn at a checkpoint
+                                       at most every PLOT_EVERY_S seconds, and at the last step)
     out/...                            what the command adds (samples/, vae.npz, classifier.npz)
     out/.minidit.lock                  while a run uses the folder: its process id
 
@@ -23,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,12 +294,25 @@ class RunDir:
         return type(e)(f"{why} at step {step}; the newest checkpoint is {self._newest()} "
                        f"(continue with --resume)")
 
-    def plot_loss(self, title, keys=("loss", "mse", "vb")):
-        """loss.png from log.jsonl (nothing to draw before the first log record)."""
+    def plot_loss(self, title, keys=("loss", "mse", "vb"), final=False):
+        """loss.png from log.jsonl (nothing to draw before the first log record). Drawn at the
+        first call, then again once PLOT_EVERY_S seconds have passed, and always when `final` (the
+        run's last step): a picture takes a quarter of a second, which a run that checkpoints every
+        step would otherwise spend at every step. Returns the path, or None when nothing was drawn."""
+        now = time.monotonic()
+        last = getattr(self, "_plotted_at", None)
+        if not final and last is not None and now - last < PLOT_EVERY_S:
+            return None
         try:
-            return plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
+            drawn = plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
         except OSError as e:
             raise self.write_failed(e, self.path / "loss.png") from e
+        if drawn is not None:
+            self._plotted_at = now
+        return drawn
+
+
+PLOT_EVERY_S = 10.0  # the longest loss.png lags behind the log during a run
 
 
 def check_resumable(meta, groups, path):
