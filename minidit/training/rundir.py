@@ -104,6 +104,7 @@ class RunDir:
         self._locked = self._started = False
         self._created, self._had, self._saved = [], set(), 0
         self.skipped = []  # (checkpoint, why) that --resume could not load
+        self._plotted_at = None  # time.monotonic() of the last loss.png drawn by this process
         for parent in [self.path, *self.path.resolve().parents]:
             if parent.exists():
                 if not parent.is_dir():
@@ -300,8 +301,7 @@ class RunDir:
         run's last step): a picture takes a quarter of a second, which a run that checkpoints every
         step would otherwise spend at every step. Returns the path, or None when nothing was drawn."""
         now = time.monotonic()
-        last = getattr(self, "_plotted_at", None)
-        if not final and last is not None and now - last < PLOT_EVERY_S:
+        if not final and self._plotted_at is not None and now - self._plotted_at < PLOT_EVERY_S:
             return None
         try:
             drawn = plot_loss_curve(self.log_path, self.path / "loss.png", title=title, keys=keys)
