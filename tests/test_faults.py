@@ -44,7 +44,7 @@ def _temporary_files(folder):
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing_and_resume_is_exact(tmp_path):
-    kills, steps = int(os.environ.get("MINIDIT_KILLS", "3")), int(os.environ.get("MINIDIT_KILL_STEPS", "40"))
+    kills, steps = int(os.environ.get("MINIDIT_KILLS", "3")), int(os.environ.get("MINIDIT_KILL_STEPS", "60"))
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(straight, "--steps", str(steps), "--ckpt-every", "1", "--keep", "3"),
                    env=_env(), check=True, capture_output=True, timeout=600)
@@ -56,7 +56,10 @@ def test_kill_9_at_random_moments_loses_nothing_and_resume_is_exact(tmp_path):
         resume = ["--resume"] if before else []
         p = subprocess.Popen(_train_cmd(run, "--steps", str(steps), "--ckpt-every", "1", "--keep", "3", *resume),
                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rnd.uniform(1.5, 4.0))  # past the imports, somewhere in the steps and writes
+        deadline = time.time() + 120  # past the imports: this run has written a checkpoint of its own
+        while p.poll() is None and time.time() < deadline and {c.name for c in checkpoints_of(run)} <= before:
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0.0, 0.6))  # then somewhere in the steps and writes (about 25 ms a step)
         killed += p.poll() is None
         p.send_signal(signal.SIGKILL)
         p.wait()
