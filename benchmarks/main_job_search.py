@@ -152,12 +152,8 @@ def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100)):
         for g in scales:
             npz = out / f"sweep_cfg{g:g}_steps{s}.npz"
             ev = ["--per-class", "30", "--seed", "1", "--steps", str(s), "--cfg-scale", str(g)]
-            if not npz.exists():  # a sweep that was cut short continues where it stopped
-                r = _sample_and_score(out, ev, npz)
-            else:
-                r = json.loads(subprocess.run([sys.executable, "-m", "minidit.evaluate", "samples", "--samples",
-                                               str(npz), "--json"], cwd=ROOT, check=True, capture_output=True,
-                                              text=True).stdout.split("\n", 1)[1])
+            # a sweep that was cut short continues where it stopped
+            r = _score(npz) if npz.exists() else _sample_and_score(out, ev, npz)
             res.append({"cfg_scale": g, "ddpm_steps": s, "class_accuracy": r["class_accuracy"],
                         "FD_minidit_classifier": r["FD_minidit_classifier"], "n_samples": r["n_samples"]})
             print(f"{name}: guidance {g:g}, DDPM {s}: class accuracy {r['class_accuracy']:.3f}, "
@@ -166,15 +162,20 @@ def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100)):
                                                                 indent=1))
 
 
-def _sample_and_score(out, ev, npz):
-    """Sample a trained run with the evaluation arguments `ev`, then score the samples: the
-    evaluate command's JSON report."""
-    subprocess.run([sys.executable, "-m", "minidit.sample", "--ckpt", str(out), *ev, "--npz", str(npz),
-                    "--out", str(npz.with_suffix(".png")), "--no-progress"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+def _score(npz):
+    """The evaluate command's JSON report on the samples of `npz`."""
     return json.loads(subprocess.run([sys.executable, "-m", "minidit.evaluate", "samples", "--samples", str(npz),
                                       "--json"], cwd=ROOT, check=True, capture_output=True,
                                      text=True).stdout.split("\n", 1)[1])
+
+
+def _sample_and_score(out, ev, npz):
+    """Sample a trained run with the evaluation arguments `ev` into `npz` (and its .png), then
+    score the samples."""
+    subprocess.run([sys.executable, "-m", "minidit.sample", "--ckpt", str(out), *ev, "--npz", str(npz),
+                    "--out", str(npz.with_suffix(".png")), "--no-progress"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    return _score(npz)
 
 
 def held_out(name, seed, ckpt=None):

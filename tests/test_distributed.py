@@ -47,8 +47,6 @@ def _weights(run):
     return meta, {f"{g}/{k}": v for g in ("model", "ema") for k, v in groups[g].items()}
 
 
-
-
 def test_two_ranks_equal_one_process_with_two_threads(tmp_path):
     _train(["--steps", "4", "--workers", "2", "--out", str(tmp_path / "threads")])
     r = _train(["--steps", "4", "--workers", "1", "--out", str(tmp_path / "ranks")], ranks=2)

@@ -38,8 +38,6 @@ def _arrays(run, step=None):
     return meta, {f"{g}/{k}": v for g, group in groups.items() for k, v in group.items()}
 
 
-
-
 def test_two_processes_equal_two_threads_bit_for_bit_and_resume_across_kinds(tmp_path, capsys):
     """4 steps with 2 threads and with 2 processes (checkpoints at 2 and 4), then each kind resumed
     from the other's step 2: every run ends on the same bits, and no resume calls itself inexact.
@@ -111,7 +109,6 @@ def test_a_failing_worker_is_named_with_its_reason():
             world.allgather(np.zeros(3))
     finally:
         world.stop()
-
 
 
 def test_bad_input_is_one_line_before_any_worker_exists(tmp_path, monkeypatch, capsys):

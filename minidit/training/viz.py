@@ -110,8 +110,8 @@ def plot_loss_curve(log_path, png_path, title="training loss", keys=("loss", "ms
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    # fixed margins instead of tight_layout: the plot is redrawn at every checkpoint, and measuring
-    # the log axis's labels for tight_layout took most of its time
+    # fixed margins instead of tight_layout: a run redraws the plot as it goes, and measuring the
+    # log axis's labels for tight_layout took most of a drawing's time
     fig.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.14)
     with atomic_write(png_path) as tmp:
         fig.savefig(tmp, dpi=100)
