@@ -5,8 +5,10 @@ step takes depend on whether the machine is idle:
 
     python benchmarks/main_job_search.py calibrate        # on an IDLE machine: seconds per recipe
     python benchmarks/main_job_search.py run [NAME ...]   # may share the machine: steps from calibration
-    python benchmarks/main_job_search.py sweep NAME       # guidance x sampling steps on one trained run
-    python benchmarks/main_job_search.py heldout NAME     # the trained run scored with another seed (2)
+    python benchmarks/main_job_search.py sweep NAME [--scales 2,4,6] [--sample-steps 50,100] [--sampler S] [--ckpt C]
+                                                          # guidance x sampling steps on one trained run
+    python benchmarks/main_job_search.py heldout NAME [--seed 2] [--cfg-scale 4]
+                                                          # the trained run scored with another seed
     python benchmarks/main_job_search.py table            # results/main-job/SUMMARY.md
 
 `calibrate` runs every recipe's whole command (start-up, encoding, training, final grid) for two
@@ -62,6 +64,19 @@ RECIPES = {
     # a sharper autoencoder: f = 2 (16x16x4 latents), patch 2, the same 64 tokens
     "latent-f2-p2": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", "--lr", "2e-3",
                      "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+    # the two levers together: the sharper autoencoder's latents, trained as a flow with logit-normal times
+    "latent-f2-flow-ln": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", "--lr", "2e-3",
+                          "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                          "--objective", "flow", "--timesteps", "logit-normal"],
+    # each objective lever alone on the winner's network: flow with uniform times, ...
+    "latent-p1-flow": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                       "--objective", "flow"],
+    # ... the Gaussian diffusion with logit-normal times, ...
+    "latent-p1-ln": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                     "--timesteps", "logit-normal"],
+    # ... and the Gaussian diffusion with Min-SNR-5 weighting of its noise loss
+    "latent-p1-minsnr": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                         "--min-snr-gamma", "5"],
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
@@ -144,22 +159,39 @@ def run(names, budget):
               f"FD {rec['FD_minidit_classifier']:.2f}", flush=True)
 
 
-def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100)):
-    """The sampling half of the recipe, on one trained run: guidance scale x DDPM steps, 300 samples each."""
+def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100), sampler=None, ckpt=None):
+    """The sampling half of the recipe, on one trained run: guidance scale x sampling steps, 300
+    samples each, with the model's own sampler (DDPM for a diffusion model, Euler for a flow) or
+    `sampler`. Recorded in NAME.sampling-sweep.json, which keeps the settings of earlier sweeps.
+    ckpt: the run's checkpoint when its folder is gone (as for `heldout`)."""
     out = RUNS / name
+    out.mkdir(parents=True, exist_ok=True)
+    where = Path(ckpt) if ckpt else out
+    path = OUT / f"{name}.sampling-sweep.json"
+    rec = json.loads(path.read_text()) if path.exists() else {"recipe": name, "sample_seed": 1}
+    old = rec.get("runs", [])
     res = []
     for s in steps:
         for g in scales:
-            npz = out / f"sweep_cfg{g:g}_steps{s}.npz"
+            tag = f"{sampler}_" if sampler else ""
+            npz = out / f"sweep_{tag}cfg{g:g}_steps{s}.npz"
             ev = ["--per-class", "30", "--seed", "1", "--steps", str(s), "--cfg-scale", str(g)]
+            ev += ["--sampler", sampler] if sampler else []
             # a sweep that was cut short continues where it stopped
-            r = _score(npz) if npz.exists() else _sample_and_score(out, ev, npz)
-            res.append({"cfg_scale": g, "ddpm_steps": s, "class_accuracy": r["class_accuracy"],
-                        "FD_minidit_classifier": r["FD_minidit_classifier"], "n_samples": r["n_samples"]})
-            print(f"{name}: guidance {g:g}, DDPM {s}: class accuracy {r['class_accuracy']:.3f}, "
-                  f"FD {r['FD_minidit_classifier']:.2f}", flush=True)
-    (OUT / f"{name}.sampling-sweep.json").write_text(json.dumps({"recipe": name, "sample_seed": 1, "runs": res},
-                                                                indent=1))
+            r = _score(npz) if npz.exists() else _sample_and_score(where, ev, npz)
+            res.append({"cfg_scale": g, "sampling_steps": s, "sampler": sampler or "the model's own",
+                        "class_accuracy": r["class_accuracy"],
+                        "FD_minidit_classifier": r["FD_minidit_classifier"], "n_samples": r["n_samples"],
+                        "checkpoint": str(where), "revision": revision()})
+            print(f"{name}: guidance {g:g}, {sampler or 'own sampler'} {s}: class accuracy "
+                  f"{r['class_accuracy']:.3f}, FD {r['FD_minidit_classifier']:.2f}", flush=True)
+    same = {(r["cfg_scale"], r.get("sampling_steps", r.get("ddpm_steps")), r.get("sampler", "the model's own"))
+            for r in res}
+    kept = [r for r in old
+            if (r["cfg_scale"], r.get("sampling_steps", r.get("ddpm_steps")), r.get("sampler", "the model's own"))
+            not in same]
+    rec["runs"] = kept + res  # the file's other keys (notes of earlier sweeps) stay
+    path.write_text(json.dumps(rec, indent=1))
 
 
 def _score(npz):
@@ -178,30 +210,34 @@ def _sample_and_score(out, ev, npz):
     return _score(npz)
 
 
-def held_out(name, seed, ckpt=None):
+def held_out(name, seed, ckpt=None, cfg_scale=4.0):
     """The trained run scored again with a sampling seed the search did not choose with (seed 1
     chooses): 300 more samples, recorded in the recipe's JSON under "held_out". ckpt: the run's
-    checkpoint when its folder is gone (the shipped model is latent-p1-cosine's last one)."""
+    checkpoint when its folder is gone (the shipped model is latent-p1-cosine's last one).
+    cfg_scale: the guidance a sampling sweep chose with seed 1 (4 unless it chose another)."""
     if seed == 1:
         raise SystemExit("main_job_search.py: error: seed 1 is the seed the search chooses with; pick another")
     path = OUT / f"{name}.json"
     rec = json.loads(path.read_text())
     ev = list(EVAL)
     ev[ev.index("--seed") + 1] = str(seed)
+    ev[ev.index("--cfg-scale") + 1] = f"{cfg_scale:g}"
     where = Path(ckpt) if ckpt else RUNS / name
     scratch = RUNS / name
     scratch.mkdir(parents=True, exist_ok=True)
-    r = _sample_and_score(where, ev, scratch / f"eval_seed{seed}.npz")
-    kept = [h for h in rec.get("held_out", []) if h["seed"] != seed]
-    rec["held_out"] = kept + [{"seed": seed, "class_accuracy": r["class_accuracy"], "n_samples": r["n_samples"],
+    tag = "" if cfg_scale == 4 else f"_cfg{cfg_scale:g}"
+    r = _sample_and_score(where, ev, scratch / f"eval_seed{seed}{tag}.npz")
+    kept = [h for h in rec.get("held_out", []) if (h["seed"], h.get("cfg_scale", 4.0)) != (seed, cfg_scale)]
+    rec["held_out"] = kept + [{"seed": seed, "cfg_scale": cfg_scale, "class_accuracy": r["class_accuracy"],
+                               "n_samples": r["n_samples"],
                                "FD_minidit_classifier": r["FD_minidit_classifier"],
                                "per_class_accuracy": r.get("per_class_accuracy"),
                                "checkpoint": str(where), "revision": revision(),
                                "eval": "python -m minidit.sample " + " ".join(ev) + " then python -m minidit.evaluate "
                                        "samples"}]
     path.write_text(json.dumps(rec, indent=1))
-    print(f"{name}, sampling seed {seed}: class accuracy {r['class_accuracy']:.3f} (n={r['n_samples']}), "
-          f"FD {r['FD_minidit_classifier']:.2f}", flush=True)
+    print(f"{name}, sampling seed {seed}, guidance {cfg_scale:g}: class accuracy {r['class_accuracy']:.3f} "
+          f"(n={r['n_samples']}), FD {r['FD_minidit_classifier']:.2f}", flush=True)
 
 
 TABLE_END = "<!-- end of the generated table: what follows is kept by `table` -->"
@@ -213,7 +249,9 @@ def table():
         r = json.loads(p.read_text())
         if "recipe" not in r or "runs" in r:  # calibration and sampling sweeps
             continue
-        held = ", ".join(f"{100 * h['class_accuracy']:.1f} (seed {h['seed']})" for h in r.get("held_out", []))
+        held = ", ".join(f"{100 * h['class_accuracy']:.1f} (seed {h['seed']}"
+                         + (f", guidance {h['cfg_scale']:g})" if h.get("cfg_scale", 4.0) != 4 else ")")
+                         for h in r.get("held_out", []))
         rows.append(f"| {r['recipe']} | `{' '.join(r['train_args'])}` | {r['steps']} | "
                     f"{r['predicted_wall_s'] / 60:.1f} | {100 * r['class_accuracy']:.1f} | "
                     f"{r['FD_minidit_classifier']:.1f} | {r['n_samples']} | 1 | {held or '-'} |")
@@ -241,16 +279,21 @@ def main():
     ap.add_argument("names", nargs="*")
     ap.add_argument("--budget", type=float, default=570.0, help="seconds per whole training command")
     ap.add_argument("--seed", type=int, default=2, help="heldout: the sampling seed (not 1, the search's)")
-    ap.add_argument("--ckpt", help="heldout: the checkpoint, when the run's folder is gone")
+    ap.add_argument("--ckpt", help="heldout, sweep: the checkpoint, when the run's folder is gone")
+    ap.add_argument("--cfg-scale", type=float, default=4.0, help="heldout: the guidance scale (default 4)")
+    ap.add_argument("--scales", default="2,4,6", help="sweep: guidance scales, comma-separated")
+    ap.add_argument("--sample-steps", default="50,100", help="sweep: sampling steps, comma-separated")
+    ap.add_argument("--sampler", default=None, help="sweep: ddpm, ddim, euler or heun (default: the model's own)")
     a = ap.parse_args()
     names = a.names or list(RECIPES)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    scales, steps = [float(v) for v in a.scales.split(",")], [int(v) for v in a.sample_steps.split(",")]
     {"calibrate": lambda: calibrate(names), "run": lambda: run(names, a.budget),
-     "sweep": lambda: [sweep(n) for n in names], "heldout": lambda: [held_out(n, a.seed, a.ckpt) for n in names],
+     "sweep": lambda: [sweep(n, scales, steps, a.sampler, a.ckpt) for n in names],
+     "heldout": lambda: [held_out(n, a.seed, a.ckpt, a.cfg_scale) for n in names],
      "table": table}[a.phase]()
-
 
 if __name__ == "__main__":
     main()

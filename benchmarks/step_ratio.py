@@ -27,8 +27,17 @@ CONFIGS = {"latent-p1-cosine": (get_config("minidit-Tiny/2", patch_size=1, input
            "latent-f2-p2": (get_config("minidit-Tiny/2", input_size=16, in_channels=4), 16),
            # flow matching on the winner's network: a velocity output only (no learned variance)
            "latent-p1-flow-ln": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4,
-                                            learn_sigma=False), 8)}
-OBJECTIVES = {"latent-p1-flow-ln": lambda: make_objective("flow", False, "logit-normal", 0.0, 1.0, None, "eps")}
+                                            learn_sigma=False), 8),
+           "latent-p1-flow": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4,
+                                         learn_sigma=False), 8),
+           "latent-p1-ln": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4), 8),
+           "latent-p1-minsnr": (get_config("minidit-Tiny/2", patch_size=1, input_size=8, in_channels=4), 8),
+           "latent-f2-flow-ln": (get_config("minidit-Tiny/2", input_size=16, in_channels=4, learn_sigma=False), 16)}
+OBJECTIVES = {"latent-p1-flow-ln": lambda: make_objective("flow", False, "logit-normal", 0.0, 1.0, None, "eps"),
+              "latent-p1-flow": lambda: make_objective("flow", False, "uniform", 0.0, 1.0, None, "eps"),
+              "latent-p1-ln": lambda: make_objective("ddpm", True, "logit-normal", 0.0, 1.0, None, "eps"),
+              "latent-p1-minsnr": lambda: make_objective("ddpm", True, "uniform", 0.0, 1.0, 5.0, "eps"),
+              "latent-f2-flow-ln": lambda: make_objective("flow", False, "logit-normal", 0.0, 1.0, None, "eps")}
 
 
 def main():
