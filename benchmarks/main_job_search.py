@@ -185,12 +185,10 @@ def sweep(name, scales=(2.0, 4.0, 6.0), steps=(50, 100), sampler=None, ckpt=None
                         "checkpoint": str(where), "revision": revision()})
             print(f"{name}: guidance {g:g}, {sampler or 'own sampler'} {s}: class accuracy "
                   f"{r['class_accuracy']:.3f}, FD {r['FD_minidit_classifier']:.2f}", flush=True)
-    same = {(r["cfg_scale"], r.get("sampling_steps", r.get("ddpm_steps")), r.get("sampler", "the model's own"))
-            for r in res}
-    kept = [r for r in old
-            if (r["cfg_scale"], r.get("sampling_steps", r.get("ddpm_steps")), r.get("sampler", "the model's own"))
-            not in same]
-    rec["runs"] = kept + res  # the file's other keys (notes of earlier sweeps) stay
+    def setting(r):  # entries of the first sweeps name their steps "ddpm_steps" and no sampler
+        return r["cfg_scale"], r.get("sampling_steps", r.get("ddpm_steps")), r.get("sampler", "the model's own")
+    redone = {setting(r) for r in res}
+    rec["runs"] = [r for r in old if setting(r) not in redone] + res  # the file's other keys stay
     path.write_text(json.dumps(rec, indent=1))
 
 
