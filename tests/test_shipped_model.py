@@ -34,6 +34,23 @@ def test_shipped_model_samples_the_requested_classes():
 
 
 LATENT = Path(__file__).resolve().parents[1] / "data" / "latent_dit_shapes32.npz"
+FLOW = Path(__file__).resolve().parents[1] / "data" / "latent_flow_shapes32.npz"
+
+
+def _score_latent_model(path, sampler):
+    """(cfg, meta, report) of a shipped latent DiT: 3 guided samples per class (`sampler`, 25 steps,
+    seed 1), decoded with the VAE its checkpoint records, scored by the evaluation classifier."""
+    from minidit.latent.autoencoder import load_vae_decoder
+    from minidit.training.checkpoint import find_vae
+    params, cfg, meta = load_model(path)
+    assert (cfg.in_channels, cfg.input_size, cfg.patch_size) == (4, 8, 1) and meta["vae"]
+    decode = load_vae_decoder(find_vae(meta["vae"], path), latent_scale=meta.get("latent_scale"))
+    labels = np.repeat(np.arange(10), 3)
+    x = generate(params, cfg, labels, num_steps=25, sampler=sampler, guidance_scale=4.0, seed=1, decode=decode)
+    assert x.shape == (30, 3, 32, 32) and np.isfinite(x).all()
+    report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
+    print(report.summary())
+    return cfg, meta, report
 
 
 @pytest.mark.slow
@@ -42,20 +59,8 @@ def test_main_job_model_draws_the_requested_classes():
     """The DDPM latent DiT (the README's main job before issue 27, still the one the lessons load):
     guided samples, decoded with the VAE its checkpoint records, are classified as asked far above
     chance."""
-    from minidit.latent.autoencoder import load_vae_decoder
-    from minidit.training.checkpoint import find_vae
-    params, cfg, meta = load_model(LATENT)
-    assert (cfg.in_channels, cfg.input_size, cfg.patch_size) == (4, 8, 1) and meta["vae"]
-    decode = load_vae_decoder(find_vae(meta["vae"], LATENT), latent_scale=meta.get("latent_scale"))
-    labels = np.repeat(np.arange(10), 3)
-    x = generate(params, cfg, labels, num_steps=25, sampler="ddpm", guidance_scale=4.0, seed=1, decode=decode)
-    assert x.shape == (30, 3, 32, 32) and np.isfinite(x).all()
-    report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
-    print(report.summary())
+    _, _, report = _score_latent_model(LATENT, "ddpm")
     assert report["class_accuracy"] >= 0.5  # chance is 0.10; measured 0.633 on these 30 (DDPM 25; 0.68 on 50 with DDPM 50)
-
-
-FLOW = Path(__file__).resolve().parents[1] / "data" / "latent_flow_shapes32.npz"
 
 
 @pytest.mark.slow
@@ -65,16 +70,8 @@ def test_main_job_flow_model_draws_the_requested_classes():
     matching with logit-normal times. Its checkpoint says it is a flow (so `sample` picks Euler),
     and its Euler samples, decoded with the recorded VAE, are classified as asked."""
     from minidit.commands.sample import samplers_for
-    from minidit.latent.autoencoder import load_vae_decoder
-    from minidit.training.checkpoint import find_vae
-    params, cfg, meta = load_model(FLOW)
-    assert (cfg.in_channels, cfg.input_size, cfg.patch_size, cfg.learn_sigma) == (4, 8, 1, False)
+    cfg, meta, report = _score_latent_model(FLOW, "euler")
+    assert not cfg.learn_sigma
     assert meta["objective"] == {"objective": "flow", "timesteps": "logit-normal", "logit_mean": 0.0, "logit_std": 1.0}
     assert samplers_for(meta)[0] == "euler"
-    decode = load_vae_decoder(find_vae(meta["vae"], FLOW), latent_scale=meta.get("latent_scale"))
-    labels = np.repeat(np.arange(10), 3)
-    x = generate(params, cfg, labels, num_steps=25, sampler="euler", guidance_scale=4.0, seed=1, decode=decode)
-    assert x.shape == (30, 3, 32, 32) and np.isfinite(x).all()
-    report = evaluate_samples(x, labels, classifier=DEFAULT_CLASSIFIER)
-    print(report.summary())
     assert report["class_accuracy"] >= 0.6  # chance 0.10; measured 0.700 on these 30 (Euler 25), 0.773 on 300 (Euler 50)
