@@ -10,6 +10,7 @@ step takes depend on whether the machine is idle:
     python benchmarks/main_job_search.py heldout NAME [--seed 2] [--cfg-scale 4]
                                                           # the trained run scored with another seed
     python benchmarks/main_job_search.py table            # results/main-job/SUMMARY.md
+    python benchmarks/main_job_search.py vae [PATH ...]   # the classifier on a VAE's reconstructions
 
 `calibrate` runs every recipe's whole command (start-up, encoding, training, final grid) for two
 short step counts, interleaved; the time per step is the steady rate of the longer run's log and
@@ -77,6 +78,19 @@ RECIPES = {
     # ... and the Gaussian diffusion with Min-SNR-5 weighting of its noise loss
     "latent-p1-minsnr": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
                          "--min-snr-gamma", "5"],
+    # the flow's logit-normal times tuned (free per step): the peak moved towards the noise (mean +0.5)
+    # or the data (mean -0.5), or the spread narrowed (std 0.7) or widened (std 1.4)
+    **{f"latent-p1-flow-ln-{tag}": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                                    "--objective", "flow", "--timesteps", "logit-normal", flag, value]
+       for tag, flag, value in (("m+0.5", "--logit-mean", "0.5"), ("m-0.5", "--logit-mean", "-0.5"),
+                                ("s0.7", "--logit-std", "0.7"), ("s1.4", "--logit-std", "1.4"))},
+    # the pixel model's recipe (`cosine`, data/minidit_shapes32.npz) trained as a flow with logit-normal times
+    "cosine-flow-ln": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE, *COSINE,
+                       "--objective", "flow", "--timesteps", "logit-normal"],
+    # a sharper autoencoder at the same 64 tokens: f = 4 with 8 latent channels (8x8x8), trained 2500 steps
+    "latent-z8-flow-ln": ["--vae", "results/main-job/vae_f4_z8.npz", "--model", "minidit-Tiny/2", "--patch-size", "1",
+                          "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
+                          "--objective", "flow", "--timesteps", "logit-normal"],
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
@@ -238,6 +252,39 @@ def held_out(name, seed, ckpt=None, cfg_scale=4.0):
           f"(n={r['n_samples']}), FD {r['FD_minidit_classifier']:.2f}", flush=True)
 
 
+def vae_ceiling(paths, n=1000):
+    """The evaluation classifier on each VAE's reconstructions (decoded posterior means) of the first
+    n test images: the highest class accuracy any DiT on its latents can reach. Recorded in
+    vae-ceilings.json under each file's path, with the real images' accuracy beside it."""
+    from minidit.evaluation.evaluate import evaluate_samples, _real_dataset_for, DEFAULT_CLASSIFIER
+    from minidit.evaluation.classifier import load_classifier
+    from minidit.latent.autoencoder import load_vae, load_vae_encoder
+    from minidit.latent.train_vae import first_images, reconstruct
+    clf = load_classifier(DEFAULT_CLASSIFIER)
+    test = _real_dataset_for(clf[1])
+    x = first_images(test, min(n, len(test)), "cpu")
+    y = test.labels[:len(x)]
+    path = OUT / "vae-ceilings.json"
+    rec = json.loads(path.read_text()) if path.exists() else {
+        "what": "the evaluation classifier on posterior-mean reconstructions of the first test images of "
+                "the shapes test split: the ceiling of any DiT on a VAE's latents",
+        "command": "python benchmarks/main_job_search.py vae PATH...", "vaes": {}}
+    for p in paths:
+        _, cfg, meta = load_vae(p)
+        r = evaluate_samples(reconstruct(load_vae_encoder(p), x), y, classifier=clf)
+        real = evaluate_samples(x, y, classifier=clf)
+        rec["vaes"][str(p)] = {
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+            "held_out_psnr": meta.get("held_out_psnr"), "latent_scale": meta.get("latent_scale"),
+            "classifier_on_reconstructions": r["class_accuracy"], "classifier_on_real": real["class_accuracy"],
+            "n": len(y), "per_class_on_reconstructions": r["per_class_accuracy"],
+            "FD_reconstructions_vs_test": r["FD_minidit_classifier"], "revision": revision()}
+        print(f"{p}: classifier on reconstructions {100 * r['class_accuracy']:.1f}% "
+              f"(on the real images {100 * real['class_accuracy']:.1f}%, n={len(y)}), PSNR "
+              f"{meta.get('held_out_psnr', float('nan')):.2f} dB", flush=True)
+    path.write_text(json.dumps(rec, indent=1))
+
+
 TABLE_END = "<!-- end of the generated table: what follows is kept by `table` -->"
 
 
@@ -273,7 +320,7 @@ def table():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("phase", choices=("calibrate", "run", "sweep", "heldout", "table"))
+    ap.add_argument("phase", choices=("calibrate", "run", "sweep", "heldout", "table", "vae"))
     ap.add_argument("names", nargs="*")
     ap.add_argument("--budget", type=float, default=570.0, help="seconds per whole training command")
     ap.add_argument("--seed", type=int, default=2, help="heldout: the sampling seed (not 1, the search's)")
@@ -283,6 +330,8 @@ def main():
     ap.add_argument("--sample-steps", default="50,100", help="sweep: sampling steps, comma-separated")
     ap.add_argument("--sampler", default=None, help="sweep: ddpm, ddim, euler or heun (default: the model's own)")
     a = ap.parse_args()
+    if a.phase == "vae":
+        return vae_ceiling(a.names or ["data/vae_shapes32.npz"])
     names = a.names or list(RECIPES)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
