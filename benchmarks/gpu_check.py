@@ -70,7 +70,7 @@ def main(argv=None):
                       "--patch-size", "1", "--steps", "3" if dry else "4650", "--batch-size", "8" if dry else "32",
                       "--lr", "2e-3",
                       "--ema-decay", "0.998", "--lr-schedule", "cosine", "--warmup", "100",
-                      "--objective", "flow", "--timesteps", "logit-normal", "--device", "gpu",
+                      "--objective", "flow", "--timesteps", "logit-normal", "--logit-mean", "-0.5", "--device", "gpu",
                       "--no-progress", "--out", str(Path(runs) / "main")]
                      + (["--num-images", "16", "--sample-steps", "2"] if dry else []), 300),
     }

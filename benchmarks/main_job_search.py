@@ -79,11 +79,12 @@ RECIPES = {
     "latent-p1-minsnr": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
                          "--min-snr-gamma", "5"],
     # the flow's logit-normal times tuned (free per step): the peak moved towards the noise (mean +0.5)
-    # or the data (mean -0.5), or the spread narrowed (std 0.7) or widened (std 1.4)
+    # or the data (mean -0.5, -1.0), or the spread narrowed (std 0.7) or widened (std 1.4)
     **{f"latent-p1-flow-ln-{tag}": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
                                     "--objective", "flow", "--timesteps", "logit-normal", flag, value]
        for tag, flag, value in (("m+0.5", "--logit-mean", "0.5"), ("m-0.5", "--logit-mean", "-0.5"),
-                                ("s0.7", "--logit-std", "0.7"), ("s1.4", "--logit-std", "1.4"))},
+                                ("s0.7", "--logit-std", "0.7"), ("s1.4", "--logit-std", "1.4"),
+                                ("m-1.0", "--logit-mean", "-1.0"))},
     # the pixel model's recipe (`cosine`, data/minidit_shapes32.npz) trained as a flow with logit-normal times
     "cosine-flow-ln": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE, *COSINE,
                        "--objective", "flow", "--timesteps", "logit-normal"],
