@@ -270,10 +270,10 @@ def vae_ceiling(paths, n=1000):
         "what": "the evaluation classifier on posterior-mean reconstructions of the first test images of "
                 "the shapes test split: the ceiling of any DiT on a VAE's latents",
         "command": "python benchmarks/main_job_search.py vae PATH...", "vaes": {}}
+    real = evaluate_samples(x, y, classifier=clf)
     for p in paths:
         _, cfg, meta = load_vae(p)
         r = evaluate_samples(reconstruct(load_vae_encoder(p), x), y, classifier=clf)
-        real = evaluate_samples(x, y, classifier=clf)
         rec["vaes"][str(p)] = {
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
             "held_out_psnr": meta.get("held_out_psnr"), "latent_scale": meta.get("latent_scale"),
