@@ -256,7 +256,7 @@ def held_out(name, seed, ckpt=None, cfg_scale=4.0):
 def vae_ceiling(paths, n=1000):
     """The evaluation classifier on each VAE's reconstructions (decoded posterior means) of the first
     n test images: the highest class accuracy any DiT on its latents can reach. Recorded in
-    vae-ceilings.json under each file's path, with the real images' accuracy beside it."""
+    vae-ceilings.json under each file's path, with the classifier's accuracy on the real test split beside it."""
     from minidit.evaluation.evaluate import evaluate_samples, _real_dataset_for, DEFAULT_CLASSIFIER
     from minidit.evaluation.classifier import load_classifier
     from minidit.latent.autoencoder import load_vae, load_vae_encoder
@@ -270,18 +270,17 @@ def vae_ceiling(paths, n=1000):
         "what": "the evaluation classifier on posterior-mean reconstructions of the first test images of "
                 "the shapes test split: the ceiling of any DiT on a VAE's latents",
         "command": "python benchmarks/main_job_search.py vae PATH...", "vaes": {}}
-    real = evaluate_samples(x, y, classifier=clf)
     for p in paths:
         _, cfg, meta = load_vae(p)
         r = evaluate_samples(reconstruct(load_vae_encoder(p), x), y, classifier=clf)
         rec["vaes"][str(p)] = {
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
             "held_out_psnr": meta.get("held_out_psnr"), "latent_scale": meta.get("latent_scale"),
-            "classifier_on_reconstructions": r["class_accuracy"], "classifier_on_real": real["class_accuracy"],
-            "n": len(y), "per_class_on_reconstructions": r["per_class_accuracy"],
+            "classifier_on_reconstructions": r["class_accuracy"], "classifier_on_real": r["classifier_real_accuracy"],
+            "n": len(y), "n_real": r["n_real"], "per_class_on_reconstructions": r["per_class_accuracy"],
             "FD_reconstructions_vs_test": r["FD_minidit_classifier"], "revision": revision()}
         print(f"{p}: classifier on reconstructions {100 * r['class_accuracy']:.1f}% "
-              f"(on the real images {100 * real['class_accuracy']:.1f}%, n={len(y)}), PSNR "
+              f"(on the {r['n_real']} real test images {100 * r['classifier_real_accuracy']:.1f}%, n={len(y)}), PSNR "
               f"{meta.get('held_out_psnr', float('nan')):.2f} dB", flush=True)
     path.write_text(json.dumps(rec, indent=1))
 
