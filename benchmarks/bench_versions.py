@@ -1,14 +1,15 @@
 """Training-step time of two versions of minidit, in one process, interleaved: the before/after
 measurement for a change that is meant to make minidit faster.
 
-    python benchmarks/bench_versions.py --base HEAD~1 [--configs DiT-S/2:8,minidit-Tiny/4:32]
+    python benchmarks/bench_versions.py --base HEAD~1 [--configs DiT-S/2:8,minidit-Tiny/4:32,main-job:32]
                                         [--repeats 7] [--workers 2] [--json out.json]
 
 The base is any git revision: its `minidit/` package is exported with `git archive` into a
 temporary folder and imported under the name `minidit_base`, next to the working tree's
-`minidit`. Both build the same model from the same seed; their training steps (train_step:
-forward, hybrid loss, backward, AdamW, EMA) then alternate, so a busy or noisy
-machine slows both alike, and the table reports the median of each and new / base.
+`minidit`. A config is a model name on 32x32x3 images (the paper's loss) or `main-job`, the
+README main command's latent flow model. Both build the same model from the same seed; their
+training steps (train_step: forward, loss, backward, AdamW, EMA) then alternate, so a busy or
+noisy machine slows both alike, and the table reports the median of each and new / base.
 """
 import argparse
 import importlib
@@ -61,14 +62,22 @@ def build(pkg, name, batch, workers):
     if importlib.util.find_spec(f"{pkg}.training") is None:
         where.update(optim="optim", parallel="parallel", train="train")
     mod = {m: importlib.import_module(f"{pkg}.{path}") for m, path in where.items()}
-    small = {} if name.startswith("DiT-") else dict(in_channels=3, num_classes=10)
-    cfg = mod["model"].get_config(name, input_size=32, **small)
+    if name == "main-job":
+        # the README main command's model and objective: minidit-Tiny/2 with 1x1 patches on 8x8x4
+        # latents, flow matching with logit-normal times (a batch of random numbers of that shape)
+        cfg = mod["model"].get_config("minidit-Tiny/2", input_size=8, in_channels=4, num_classes=10,
+                                      patch_size=1, learn_sigma=False)
+        objectives = importlib.import_module(f"{pkg}.diffusion.objectives")
+        diffusion = objectives.make_objective("flow", False, "logit-normal", -0.5, 1.0)
+    else:
+        small = {} if name.startswith("DiT-") else dict(in_channels=3, num_classes=10)
+        cfg = mod["model"].get_config(name, input_size=32, **small)
+        diffusion = mod["diffusion"].create_diffusion("")
     params = mod["model"].init_params(cfg, seed=0)
     rng = mod["backend"].Generator(0)
     x = rng.normal((batch, cfg.in_channels, cfg.input_size, cfg.input_size))
     y = rng.integers(0, cfg.num_classes, (batch,))
     ema, opt = mod["optim"].init_ema(params), mod["optim"].AdamW(params, lr=1e-4)
-    diffusion = mod["diffusion"].create_diffusion("")
     parallel = mod["parallel"].DataParallel(workers).__enter__()  # kept for the whole process
     return lambda: mod["train"].train_step(params, ema, opt, cfg, diffusion, x, y, rng, 0.9999, parallel)
 
