@@ -1,5 +1,6 @@
 """GELU (tanh), SiLU and softmax: forwards against formulas, gradient checks (1e-7)."""
 import math
+import warnings
 
 import numpy as np
 
@@ -17,6 +18,24 @@ def test_gelu_tanh_values(xp):
     np.testing.assert_allclose(to_numpy(out), ref, rtol=1e-12)
     # the tanh approximation is close to, but not exactly, the erf GELU: 0.5 * 0.5 * (1 + erf(0.5/sqrt2))
     assert abs(float(out[3]) - 0.5 * 0.5 * (1 + math.erf(0.5 / math.sqrt(2)))) < 1e-3
+
+
+def test_gelu_far_from_zero_float32(xp):
+    """Computed through exp(-2u), which overflows to inf for x below about -10 in float32: the
+    forward and backward must still give GELU's limits (0 on the left, x and 1 on the right),
+    finite numbers and no overflow warning."""
+    x = xp.asarray([-1e4, -100.0, -30.0, -12.0, 12.0, 30.0, 100.0, 1e4], dtype=xp.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, cache = gelu_forward(x)
+        dx = gelu_backward(xp.ones_like(x), cache)
+    out, dx = to_numpy(out), to_numpy(dx)
+    assert out.dtype == np.float32 and dx.dtype == np.float32
+    assert np.isfinite(out).all() and np.isfinite(dx).all()
+    np.testing.assert_array_equal(out[:4], 0.0)
+    np.testing.assert_array_equal(dx[:4], 0.0)
+    np.testing.assert_array_equal(out[4:], to_numpy(x)[4:])
+    np.testing.assert_array_equal(dx[4:], 1.0)
 
 
 def test_silu_values(xp):
