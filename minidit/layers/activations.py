@@ -19,10 +19,10 @@ def gelu_forward(x):
     Computed as x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3), the same function
     (0.5 (1 + tanh(u)) = sigmoid(2u)): NumPy's float32 exp took 0.6 of its tanh's time on the
     AMD EPYC where this was measured (docs/performance.md), and x / (1 + exp(-2u)) needs fewer
-    passes over the array. Only x is cached; the backward
-    recomputes the sigmoid, which costs less than keeping a second array of the MLP's widest
-    activation alive until the backward pass. The arithmetic runs in cache-sized blocks
-    (backend.cache_blocks): the same numbers, fewer trips to memory.
+    passes over the array. Only x is cached; the backward recomputes the sigmoid, which costs
+    less than keeping a second array of the MLP's widest activation alive until the backward
+    pass. The arithmetic runs in cache-sized blocks (backend.cache_blocks): the same numbers,
+    fewer trips to memory.
     """
     xp = get_array_module(x)
     out = xp.empty(x.shape, dtype=x.dtype)
