@@ -39,6 +39,9 @@ RUNS = Path(os.environ.get("MINIDIT_SEARCH_RUNS", "/tmp/minidit-search"))
 BASE = ["--batch-size", "32", "--ema-decay", "0.997"]
 COSINE = ["--lr-schedule", "cosine", "--warmup", "100"]
 LATENT = ["--vae", "data/vae_shapes32.npz", "--model", "minidit-Tiny/2", "--patch-size", "1"]
+# the latent recipes' optimiser, EMA and schedule, and the flow objective with logit-normal times
+LATENT_OPT = ["--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE]
+FLOW_LN = ["--objective", "flow", "--timesteps", "logit-normal"]
 RECIPES = {
     # the README's command before this search
     "baseline": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE],
@@ -54,58 +57,41 @@ RECIPES = {
     "p4-d8-w96": ["--model", "minidit-Tiny/4", "--depth", "8", "--hidden-size", "96", "--num-heads", "4",
                   "--lr", "2e-3", *BASE, *COSINE],
     # the best latent model of issue 6, with the decay
-    "latent-p1-cosine": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+    "latent-p1-cosine": [*LATENT, *LATENT_OPT],
     # deeper and narrower on the same latents
     "latent-p1-d8-w96": [*LATENT, "--depth", "8", "--hidden-size", "96", "--num-heads", "4", "--lr", "2e-3",
                          "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
     # the winner's network and schedule, trained by flow matching with logit-normal times (issue 27;
     # docs/objectives.md), sampled by Euler 50
-    "latent-p1-flow-ln": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                          "--objective", "flow", "--timesteps", "logit-normal"],
+    "latent-p1-flow-ln": [*LATENT, *LATENT_OPT, *FLOW_LN],
     # a sharper autoencoder: f = 2 (16x16x4 latents), patch 2, the same 64 tokens
-    "latent-f2-p2": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", "--lr", "2e-3",
-                     "--batch-size", "32", "--ema-decay", "0.998", *COSINE],
+    "latent-f2-p2": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", *LATENT_OPT],
     # the two levers together: the sharper autoencoder's latents, trained as a flow with logit-normal times
-    "latent-f2-flow-ln": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", "--lr", "2e-3",
-                          "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                          "--objective", "flow", "--timesteps", "logit-normal"],
+    "latent-f2-flow-ln": ["--vae", "results/main-job/vae_f2.npz", "--model", "minidit-Tiny/2", *LATENT_OPT, *FLOW_LN],
     # each objective lever alone on the winner's network: flow with uniform times, ...
-    "latent-p1-flow": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                       "--objective", "flow"],
+    "latent-p1-flow": [*LATENT, *LATENT_OPT, "--objective", "flow"],
     # ... the Gaussian diffusion with logit-normal times, ...
-    "latent-p1-ln": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                     "--timesteps", "logit-normal"],
+    "latent-p1-ln": [*LATENT, *LATENT_OPT, "--timesteps", "logit-normal"],
     # ... and the Gaussian diffusion with Min-SNR-5 weighting of its noise loss
-    "latent-p1-minsnr": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                         "--min-snr-gamma", "5"],
+    "latent-p1-minsnr": [*LATENT, *LATENT_OPT, "--min-snr-gamma", "5"],
     # the flow's logit-normal times tuned (free per step): the peak moved towards the noise (mean +0.5)
     # or the data (mean -0.5, -1.0); at the best mean, -0.5, the spread narrowed (std 0.7) or widened
     # (std 1.4), and the same recipe trained again from another seed (seed1: how far one training seed
     # moves the scores)
-    **{f"latent-p1-flow-ln-{tag}": [*LATENT, "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                                    "--objective", "flow", "--timesteps", "logit-normal", *extra]
+    **{f"latent-p1-flow-ln-{tag}": [*LATENT, *LATENT_OPT, *FLOW_LN, *extra]
        for tag, extra in (("m+0.5", ["--logit-mean", "0.5"]), ("m-0.5", ["--logit-mean", "-0.5"]),
                           ("m-1.0", ["--logit-mean", "-1.0"]),
                           ("m-0.5-s0.7", ["--logit-mean", "-0.5", "--logit-std", "0.7"]),
                           ("m-0.5-s1.4", ["--logit-mean", "-0.5", "--logit-std", "1.4"]),
                           ("m-0.5-seed1", ["--logit-mean", "-0.5", "--seed", "1"]))},
     # the pixel model's recipe (`cosine`, data/minidit_shapes32.npz) trained as a flow with logit-normal times
-    "cosine-flow-ln": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE, *COSINE,
-                       "--objective", "flow", "--timesteps", "logit-normal"],
+    "cosine-flow-ln": ["--model", "minidit-Tiny/4", "--lr", "2e-3", *BASE, *COSINE, *FLOW_LN],
     # a sharper autoencoder at the same 64 tokens: f = 4 with 8 latent channels (8x8x8), trained 2500 steps
-    "latent-z8-flow-ln": ["--vae", "results/main-job/vae_f4_z8.npz", "--model", "minidit-Tiny/2", "--patch-size", "1",
-                          "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998", *COSINE,
-                          "--objective", "flow", "--timesteps", "logit-normal"],
-    # ... and with the times' mean at -0.5, the main command's
-    "latent-z8-flow-ln-m-0.5": ["--vae", "results/main-job/vae_f4_z8.npz", "--model", "minidit-Tiny/2",
-                                "--patch-size", "1", "--lr", "2e-3", "--batch-size", "32", "--ema-decay", "0.998",
-                                *COSINE, "--objective", "flow", "--timesteps", "logit-normal", "--logit-mean", "-0.5"],
+    "latent-z8-flow-ln": ["--vae", "results/main-job/vae_f4_z8.npz", *LATENT[2:], *LATENT_OPT, *FLOW_LN],
     # the 4-channel f = 4 autoencoder trained as long as the 8-channel one (2,500 steps against the shipped
     # one's 1,000): which of the two changes kept the corners
-    "latent-v2500-flow-ln-m-0.5": ["--vae", "results/main-job/vae_f4_z4_2500.npz", "--model", "minidit-Tiny/2",
-                                   "--patch-size", "1", "--lr", "2e-3", "--batch-size", "32", "--ema-decay",
-                                   "0.998", *COSINE, "--objective", "flow", "--timesteps", "logit-normal",
-                                   "--logit-mean", "-0.5"],
+    "latent-v2500-flow-ln-m-0.5": ["--vae", "results/main-job/vae_f4_z4_2500.npz", *LATENT[2:], *LATENT_OPT,
+                                   *FLOW_LN, "--logit-mean", "-0.5"],
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
