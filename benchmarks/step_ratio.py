@@ -4,8 +4,9 @@ Used by the main-job search (benchmarks/main_job_search.py) to place a recipe ad
 calibration: its time per step = latent-p1-cosine's calibrated time x this ratio. Also the ratio
 of the two VAEs' encoding times (the fixed cost of a latent run).
 
-    python benchmarks/step_ratio.py
+    python benchmarks/step_ratio.py [NAME ...]   (default: every config; latent-p1-cosine always runs)
 """
+import sys
 import time
 
 import numpy as np
@@ -38,22 +39,31 @@ OBJECTIVES = {"latent-p1-flow-ln": lambda: make_objective("flow", False, "logit-
               "latent-p1-ln": lambda: make_objective("ddpm", True, "logit-normal", 0.0, 1.0, None, "eps"),
               "latent-p1-minsnr": lambda: make_objective("ddpm", True, "uniform", 0.0, 1.0, 5.0, "eps"),
               "latent-f2-flow-ln": lambda: make_objective("flow", False, "logit-normal", 0.0, 1.0, None, "eps")}
+# the main command's recipe at other batch sizes (every other config trains at batch 32)
+for _b in (16, 64):
+    CONFIGS[f"latent-p1-flow-ln-m-0.5-b{_b}"] = CONFIGS["latent-p1-flow-ln"]
+    OBJECTIVES[f"latent-p1-flow-ln-m-0.5-b{_b}"] = lambda: make_objective("flow", False, "logit-normal", -0.5, 1.0,
+                                                                           None, "eps")
+BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
 
 
-def main():
+def main(names=()):
     d = create_diffusion("", learn_sigma=True)
     state = {}
-    for n, (cfg, side) in CONFIGS.items():
+    chosen = {n: CONFIGS[n] for n in CONFIGS if not names or n in names or n == "latent-p1-cosine"}
+    for n, (cfg, side) in chosen.items():
         p = init_params(cfg, seed=0)
         state[n] = (p, init_ema(p), AdamW(p, lr=1e-3), cfg, side, OBJECTIVES[n]() if n in OBJECTIVES else d)
-    rng, y = Generator(0), np.arange(32) % 10
-    times = {n: [] for n in CONFIGS}
+    rng = Generator(0)
+    times = {n: [] for n in chosen}
     with DataParallel(2) as par:
         for _ in range(6):
             for n, (p, e, o, cfg, side, objective) in state.items():
+                b = BATCH.get(n, 32)
+                y = np.arange(b) % 10
                 t = time.perf_counter()
                 for _ in range(10):
-                    train_step(p, e, o, cfg, objective, rng.normal((32, 4, side, side), dtype=np.float32), y, rng, 0.99, par)
+                    train_step(p, e, o, cfg, objective, rng.normal((b, 4, side, side), dtype=np.float32), y, rng, 0.99, par)
                 times[n].append((time.perf_counter() - t) / 10)
     base = np.median(times["latent-p1-cosine"])
     for n in times:
@@ -70,4 +80,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    unknown = [n for n in sys.argv[1:] if n not in CONFIGS]
+    if unknown:
+        sys.exit(f"step_ratio.py: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    main(sys.argv[1:])
