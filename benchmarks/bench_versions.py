@@ -10,6 +10,8 @@ temporary folder and imported under the name `minidit_base`, next to the working
 README main command's latent flow model. Both build the same model from the same seed; their
 training steps (train_step: forward, loss, backward, AdamW, EMA) then alternate, so a busy or
 noisy machine slows both alike, and the table reports the median of each and new / base.
+Both run with malloc keeping freed memory (minidit.backend.keep_freed_memory, as minidit's commands
+do since 2026-12-06; benchmarks/bench_allocator.py measures that setting itself).
 """
 import argparse
 import importlib
@@ -96,6 +98,8 @@ def main(argv=None):
         runs = parse_runs(a.configs)
     except ValueError as e:
         ap.error(str(e))
+    from minidit.backend import keep_freed_memory
+    keep_freed_memory()
     tmp = tempfile.TemporaryDirectory()
     export_base(a.base, tmp.name)
     print(f"base {a.base} against the working tree; {a.workers} worker(s); median of {a.repeats} "

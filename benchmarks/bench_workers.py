@@ -15,6 +15,9 @@ ratio to one worker, and the step time against PyTorch's (lower is better).
 
 The process workers are forked first (before torch starts any thread) and wait between their
 rounds; each of the W processes then uses CPUs / W BLAS threads, as `--worker-kind processes` does.
+Like minidit's commands, the script first makes malloc keep freed memory (minidit.backend.
+keep_freed_memory); PyTorch, in the same process, runs with that setting too. `--default-malloc`
+leaves glibc's malloc as it is, for both.
 """
 import argparse
 import copy
@@ -138,8 +141,13 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of every variant, taking turns")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps of every variant first")
     ap.add_argument("--json", default=None, help="write the figures to this file")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (default: keep_freed_memory, as minidit's commands do)")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
+
+    from minidit.backend import keep_freed_memory
+    kept = False if args.default_malloc else keep_freed_memory()  # before the workers fork: they inherit it
 
     from minidit.flops import count_params
     from minidit.training.local_world import LocalWorld
@@ -185,8 +193,10 @@ def main(argv=None):
     rec = {"machine": machine_name(), "cpus": cpus, "matmul_gflops": matmul_rate(2048),
            "model": args.model, "patch_size": cfg.patch_size, "data": data, "batch": args.batch_size,
            "params": count_params(cfg)["trainable"], "steps": args.steps, "rounds": args.rounds,
+           "malloc": "keep_freed_memory" if kept else "glibc's default",
            "steps_per_sec": rate, "all": rates, "date": time.strftime("%Y-%m-%d %H:%M")}
-    print(f"{rec['machine']}, {cpus} CPUs, float32 matmul {rec['matmul_gflops']:.0f} GFLOP/s (2048^3, all cores)")
+    print(f"{rec['machine']}, {cpus} CPUs, float32 matmul {rec['matmul_gflops']:.0f} GFLOP/s (2048^3, all cores); "
+          f"malloc: {rec['malloc']} (PyTorch's too: one process)")
     print(f"{args.model}, {cfg.patch_size}x{cfg.patch_size} patches, on {data}, batch {args.batch_size} "
           f"({rec['params']:,} params): training steps per second, median of {args.rounds} rounds of "
           f"{args.steps} steps")

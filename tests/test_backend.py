@@ -1,4 +1,8 @@
 """Backend selection, host/device moves and the seeded generator shared by CPU and GPU."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -81,3 +85,44 @@ def test_cache_blocks_views_and_fallbacks():
     assert one[0] is strided
     with pytest.raises(ValueError, match="differ in size"):
         list(cache_blocks(np.ones(3), np.ones(4)))
+
+
+_ALLOCATE_AND_FREE = """
+import resource, sys
+import numpy as np
+from minidit.backend import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+def step():  # a training step in miniature: big arrays made, used and freed
+    a = np.ones(1 << 20, np.float32)
+    b = np.ones(3 << 20, np.float32)
+    return a.sum() + (b * 2).sum()
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _glibc():
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+@pytest.mark.skipif(not _glibc(), reason="keep_freed_memory acts on glibc's malloc only")
+def test_keep_freed_memory_spares_page_faults():
+    """With keep_freed_memory the arrays of a repeated step reuse the memory the last step freed:
+    (next to) no new pages from the kernel, where the default malloc takes fresh ones each time.
+    Glibc's own MALLOC_*_ variables, where a user set them, are left to rule."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    def faults(mode, **extra):
+        out = subprocess.run([sys.executable, "-c", _ALLOCATE_AND_FREE, mode], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+    applied, kept = faults("keep")
+    _, default = faults("default")
+    assert applied == "True"
+    assert default >= 20 and kept * 10 <= default, (kept, default)
+    assert faults("keep", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"
