@@ -99,10 +99,10 @@ RECIPES = {
     "latent-v2500-flow-ln-m-0.5": ["--vae", "results/main-job/vae_f4_z4_2500.npz", *LATENT[2:], *LATENT_OPT,
                                    *FLOW_LN, "--logit-mean", "-0.5"],
     # the optimiser of the main command (latent-p1-flow-ln-m-0.5), never tuned for the flow: its learning
-    # rate, and half the batch for about 1.8 times the steps in the same time
+    # rate, and half the batch for about 1.8 times the steps in the same time (its EMA's decay was left: the
+    # run's raw weights sample as well as its EMA's, latent-p1-flow-ln-m-0.5.raw-weights.json)
     **{f"latent-p1-flow-ln-m-0.5-{tag}": [*LATENT, *latent_opt(**opt), *FLOW_LN, "--logit-mean", "-0.5"]
-       for tag, opt in (("lr3e-3", {"lr": "3e-3"}), ("lr1.4e-3", {"lr": "1.4e-3"}), ("b16", {"batch": "16"}),
-                        ("ema0.999", {"ema": "0.999"}))},
+       for tag, opt in (("lr3e-3", {"lr": "3e-3"}), ("lr1.4e-3", {"lr": "1.4e-3"}), ("b16", {"batch": "16"}))},
     # the main command itself, given the steps that the step's speed-ups since the calibration fit in the
     # same budget (GELU through exp, 0.957x; malloc keeping freed memory, 0.895x: calibration.json)
     "latent-p1-flow-ln-m-0.5-fast": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
