@@ -157,8 +157,9 @@ def cache_blocks(*arrays):
 # glibc's malloc hands memory of a freed large array back to the kernel (munmap, or trimming the
 # top of the heap) and takes fresh pages for the next one, which the kernel must zero on first
 # touch. A training step frees and allocates the same arrays every time: on the main job's model
-# that was 25,000 page faults (about 100 MB) and 40 ms of kernel time per step. These settings keep
-# freed memory in the process for reuse, as PyTorch's caching allocator does on the GPU.
+# that was 25,000 page faults (about 100 MB) and 40 to 54 ms of kernel time per step
+# (docs/performance.md, "Keeping freed memory"). These settings keep freed memory in the process
+# for reuse, as PyTorch's caching allocator does on the GPU.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # arrays above this still get their own mapping (glibc's largest value)
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top is handed back only beyond 1 GiB
