@@ -39,14 +39,15 @@ RUNS = Path(os.environ.get("MINIDIT_SEARCH_RUNS", "/tmp/minidit-search"))
 BASE = ["--batch-size", "32", "--ema-decay", "0.997"]
 COSINE = ["--lr-schedule", "cosine", "--warmup", "100"]
 LATENT = ["--vae", "data/vae_shapes32.npz", "--model", "minidit-Tiny/2", "--patch-size", "1"]
-# the latent recipes' optimiser, EMA and schedule, and the flow objective with logit-normal times
 
 
 def latent_opt(lr="2e-3", batch="32", ema="0.998"):
+    """The latent recipes' optimiser, EMA and schedule (the defaults: the main command's)."""
     return ["--lr", lr, "--batch-size", batch, "--ema-decay", ema, *COSINE]
 
 
 LATENT_OPT = latent_opt()
+# the flow objective with logit-normal times
 FLOW_LN = ["--objective", "flow", "--timesteps", "logit-normal"]
 RECIPES = {
     # the README's command before this search
