@@ -165,6 +165,14 @@ MMAP_THRESHOLD = 32 << 20  # arrays above this still get their own mapping (glib
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top is handed back only beyond 1 GiB
 
 
+def glibc_malloc():
+    """True where this process's C library (and so its malloc) is glibc's, which keep_freed_memory tunes."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")  # e.g. "glibc 2.36"
+    except (ValueError, OSError, AttributeError):  # no such name outside glibc systems
+        return False
+
+
 def keep_freed_memory():
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel
     (arrays up to MMAP_THRESHOLD come from the heap, and up to TRIM_THRESHOLD of free memory stays
@@ -176,12 +184,7 @@ def keep_freed_memory():
     MALLOC_TRIM_THRESHOLD_, whose choice stands.
     """
     import ctypes
-    try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36" where malloc is glibc's
-    except (ValueError, OSError, AttributeError):  # no such name outside glibc systems
-        libc = ""
-    if not libc.startswith("glibc") or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_",
-                                                                    "MALLOC_TRIM_THRESHOLD_")):
+    if not glibc_malloc() or any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -104,14 +104,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _glibc():
-    try:
-        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (ValueError, OSError, AttributeError):
-        return False
-
-
-@pytest.mark.skipif(not _glibc(), reason="keep_freed_memory acts on glibc's malloc only")
+@pytest.mark.skipif(not backend.glibc_malloc(), reason="keep_freed_memory acts on glibc's malloc only")
 def test_keep_freed_memory_spares_page_faults():
     """With keep_freed_memory the arrays of a repeated step reuse the memory the last step freed:
     (next to) no new pages from the kernel, where the default malloc takes fresh ones each time.
