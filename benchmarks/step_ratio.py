@@ -45,6 +45,11 @@ for _b in (16, 64):
     OBJECTIVES[f"latent-p1-flow-ln-m-0.5-b{_b}"] = lambda: make_objective("flow", False, "logit-normal", -0.5, 1.0,
                                                                            None, "eps")
 BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
+# the main command's recipe on a wider (160 channels, 5 heads of 32) or a deeper (6 blocks) network
+for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth": 6})):
+    CONFIGS[f"latent-p1-flow-ln-m-0.5-{_tag}"] = (get_config("minidit-Tiny/2", patch_size=1, input_size=8,
+                                                             in_channels=4, learn_sigma=False, **_kw), 8)
+    OBJECTIVES[f"latent-p1-flow-ln-m-0.5-{_tag}"] = OBJECTIVES["latent-p1-flow-ln-m-0.5-b16"]
 
 
 def main(names=()):
