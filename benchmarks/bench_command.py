@@ -40,7 +40,8 @@ def export(rev, into):
     try:
         tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     except subprocess.CalledProcessError as e:
-        raise SystemExit(f"--base {rev!r}: git archive failed: {e.stderr.decode().strip()}")
+        print(f"bench_command.py: --base {rev!r}: git archive failed: {e.stderr.decode().strip()}", file=sys.stderr)
+        raise SystemExit(2)
     with tarfile.open(fileobj=BytesIO(tar)) as t:
         if hasattr(tarfile, "data_filter"):
             t.extractall(into, filter="data")
@@ -73,6 +74,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.steps < 100 or args.rounds < 1:
         ap.error("--steps must be at least 100 and --rounds at least 1")
+    if args.json and not args.json.parent.is_dir():
+        ap.error(f"--json {args.json}: no folder {args.json.parent}")
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}"],
+                      capture_output=True).returncode:
+        ap.error(f"--base {args.base!r}: no such revision in {ROOT}")
     gflops = matmul_rate()
     runs = {"base": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="minidit-bench-command-") as tmp:
