@@ -21,32 +21,17 @@ import json
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_versions import git_export  # noqa: E402
 from main_job_search import RECIPES, matmul_rate  # noqa: E402
 
 MAIN = "latent-p1-flow-ln-m-0.5"  # the README's main command (its arguments, less --steps and --out)
-
-
-def export(rev, into):
-    """Write revision `rev`'s tree into `into`; exit with one line if git cannot."""
-    try:
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
-    except subprocess.CalledProcessError as e:
-        print(f"bench_command.py: --base {rev!r}: git archive failed: {e.stderr.decode().strip()}", file=sys.stderr)
-        raise SystemExit(2)
-    with tarfile.open(fileobj=BytesIO(tar)) as t:
-        if hasattr(tarfile, "data_filter"):
-            t.extractall(into, filter="data")
-        else:
-            t.extractall(into)
 
 
 def run_once(tree, steps, out):
@@ -84,7 +69,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="minidit-bench-command-") as tmp:
         base_tree = Path(tmp) / "base"
         base_tree.mkdir()
-        export(args.base, base_tree)
+        git_export(args.base, base_tree)
         for r in range(args.rounds):
             for name, tree in (("base", base_tree), ("new", ROOT)):
                 wall, per_step = run_once(tree, args.steps, Path(tmp) / f"run-{name}-{r}")

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import parse_runs  # noqa: E402
 
 
-def export_base(rev, into):
-    """Write revision `rev`'s minidit package to into/minidit_base, imports renamed to match."""
+def git_export(rev, into, *paths):
+    """Write revision `rev`'s files (its whole tree, or only `paths`) into the folder `into`."""
     try:
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "minidit"],
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths],
                              check=True, capture_output=True).stdout
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"--base {rev!r}: git archive failed: {e.stderr.decode().strip()}")
@@ -46,6 +46,11 @@ def export_base(rev, into):
             t.extractall(into, filter="data")
         else:
             t.extractall(into)
+
+
+def export_base(rev, into):
+    """Write revision `rev`'s minidit package to into/minidit_base, imports renamed to match."""
+    git_export(rev, into, "minidit")
     pkg = Path(into) / "minidit_base"
     (Path(into) / "minidit").rename(pkg)
     for f in pkg.rglob("*.py"):  # absolute imports of the package must point at the copy

@@ -40,16 +40,20 @@ OBJECTIVES = {"latent-p1-flow-ln": lambda: make_objective("flow", False, "logit-
               "latent-p1-minsnr": lambda: make_objective("ddpm", True, "uniform", 0.0, 1.0, 5.0, "eps"),
               "latent-f2-flow-ln": lambda: make_objective("flow", False, "logit-normal", 0.0, 1.0, None, "eps")}
 # the main command's recipe at other batch sizes (every other config trains at batch 32)
+def _flow_m05():
+    """The main command's objective: flow matching, logit-normal times with mean -0.5."""
+    return make_objective("flow", False, "logit-normal", -0.5, 1.0, None, "eps")
+
+
 for _b in (16, 64):
     CONFIGS[f"latent-p1-flow-ln-m-0.5-b{_b}"] = CONFIGS["latent-p1-flow-ln"]
-    OBJECTIVES[f"latent-p1-flow-ln-m-0.5-b{_b}"] = lambda: make_objective("flow", False, "logit-normal", -0.5, 1.0,
-                                                                           None, "eps")
+    OBJECTIVES[f"latent-p1-flow-ln-m-0.5-b{_b}"] = _flow_m05
 BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
 # the main command's recipe on a wider (160 channels, 5 heads of 32) or a deeper (6 blocks) network
 for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth": 6})):
     CONFIGS[f"latent-p1-flow-ln-m-0.5-{_tag}"] = (get_config("minidit-Tiny/2", patch_size=1, input_size=8,
                                                              in_channels=4, learn_sigma=False, **_kw), 8)
-    OBJECTIVES[f"latent-p1-flow-ln-m-0.5-{_tag}"] = OBJECTIVES["latent-p1-flow-ln-m-0.5-b16"]
+    OBJECTIVES[f"latent-p1-flow-ln-m-0.5-{_tag}"] = _flow_m05
 
 
 def main(names=()):
