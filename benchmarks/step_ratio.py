@@ -53,7 +53,10 @@ BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
 # or a narrower one (96 channels, 4 heads of 24), alone or 6 blocks deep
 for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth": 6}),
                   ("w96", {"hidden_size": 96, "num_heads": 4}),
-                  ("d6-w96", {"depth": 6, "hidden_size": 96, "num_heads": 4})):
+                  ("d6-w96", {"depth": 6, "hidden_size": 96, "num_heads": 4}),
+                  ("d8-w96", {"depth": 8, "hidden_size": 96, "num_heads": 4}),
+                  ("d8-w64", {"depth": 8, "hidden_size": 64, "num_heads": 4}),
+                  ("d12-w64", {"depth": 12, "hidden_size": 64, "num_heads": 4})):
     CONFIGS[f"latent-p1-flow-ln-m-0.5-{_tag}"] = (get_config("minidit-Tiny/2", patch_size=1, input_size=8,
                                                              in_channels=4, learn_sigma=False, **_kw), 8)
     OBJECTIVES[f"latent-p1-flow-ln-m-0.5-{_tag}"] = _flow_m05
