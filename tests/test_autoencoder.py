@@ -174,6 +174,26 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     assert not checkpoints_of(tmp_path / "bad")
 
 
+def test_encoded_table_has_the_same_bits_whatever_the_chunk(tmp_path, monkeypatch):
+    """Each image is encoded on its own (per-image products and group norms), so the chunk size of
+    the table, a speed setting, changes no bit of it; nor does keeping the encoder's caches."""
+    from minidit.latent import autoencoder as ae
+    from minidit.latent import vae_blocks
+    from minidit.training.data import make_shapes
+    train_vae.run(_args(tmp_path, "--steps", "2"), log=lambda *a: None)
+    enc = load_vae_encoder(tmp_path / "run" / "vae.npz")
+    images = make_shapes(70, image_size=8, seed=4).images
+    tables, default = [], ae.EncodedDataset.CHUNK
+    assert default < len(images)  # the default chunk splits these images
+    for chunk, keep in ((default, False), (7, False), (70, True)):
+        monkeypatch.setattr(ae.EncodedDataset, "CHUNK", chunk)
+        monkeypatch.setattr(ae, "plan_forward",
+                            lambda P, plan, x, G, keep_caches=True, keep=keep: vae_blocks.plan_forward(P, plan, x, G, keep))
+        tables.append(ae.EncodedDataset(enc, images))
+    for t in tables[1:]:
+        assert np.array_equal(t.mean, tables[0].mean) and np.array_equal(t.std, tables[0].std)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_encoded_dataset_matches_encoding_each_batch(tmp_path, workers):
     """The once-encoded table gives the posterior sample_latents would draw for the same images,
@@ -183,7 +203,7 @@ def test_encoded_dataset_matches_encoding_each_batch(tmp_path, workers):
     from minidit.training.parallel import DataParallel
     train_vae.run(_args(tmp_path, "--steps", "2"), log=lambda *a: None)
     enc = load_vae_encoder(tmp_path / "run" / "vae.npz")
-    data = make_shapes(300, image_size=8, seed=3)           # more than one chunk of 256
+    data = make_shapes(300, image_size=8, seed=3)           # more than one chunk
     with DataParallel(workers) as par:
         table = EncodedDataset(enc, data.images, par)
     loader = DataLoader(data, 40, Generator(1))

@@ -122,8 +122,9 @@ def resnet_backward(dout, cache, g):
     return dx
 
 
-def plan_forward(P, plan, x, num_groups):
-    """Run a plan: x -> out, caches (one per step)."""
+def plan_forward(P, plan, x, num_groups, keep_caches=True):
+    """Run a plan: x -> out, caches (one per step; an empty list when not keep_caches, as for
+    encoding and decoding without a backward, so that each step's cache is freed as it ends)."""
     caches = []
     for step in plan:
         kind = step[0]
@@ -137,7 +138,8 @@ def plan_forward(P, plan, x, num_groups):
             x, c = silu_forward(x)
         else:  # "up"
             x, c = upsample2x_forward(x)
-        caches.append(c)
+        if keep_caches:
+            caches.append(c)
     return x, caches
 
 
