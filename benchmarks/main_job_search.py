@@ -126,7 +126,8 @@ RECIPES = {
     "latent-p1-flow-ln-m-0.5-linear": [*LATENT, *latent_opt()[:-4], "--lr-schedule", "linear", "--warmup", "100",
                                        *FLOW_LN, "--logit-mean", "-0.5"],
     # deeper and narrower still (8 blocks of 64 channels, 4 heads of 16: 0.84 of the step), and the narrow
-    # networks with the linear decay (each near 82% alone: together?)
+    # networks with the linear decay (each near 82% alone: together?); d8-w64-linear was stopped at step 1,300
+    # of 5,850 for time, so that the other two ran faster, and has no result
     "latent-p1-flow-ln-m-0.5-d8-w64": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
                                        *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
     "latent-p1-flow-ln-m-0.5-w96-linear": [*LATENT, "--hidden-size", "96", "--num-heads", "4", *latent_opt()[:-4],
@@ -287,6 +288,7 @@ def held_out(name, seed, ckpt=None, cfg_scale=4.0):
                                "n_samples": r["n_samples"],
                                "FD_minidit_classifier": r["FD_minidit_classifier"],
                                "per_class_accuracy": r.get("per_class_accuracy"),
+                               "taken_for": r.get("taken_for"),
                                "checkpoint": str(where), "revision": revision(),
                                "eval": "python -m minidit.sample " + " ".join(ev) + " then python -m minidit.evaluate "
                                        "samples"}]

@@ -121,12 +121,22 @@ def test_evaluate_samples_real_images(shipped, heldout):
     samples = load_dataset("shapes", split="train", n=200)  # other images than the held-out set
     real = ImageDataset(heldout.images[:300], heldout.labels[:300], heldout.class_names, "shapes")
     good = evaluate_samples(samples.images, samples.labels, real, shipped)
-    shuffled = evaluate_samples(samples.images, np.random.default_rng(0).permutation(samples.labels),
-                                real, shipped)
+    shuffled_labels = np.random.default_rng(0).permutation(samples.labels)
+    shuffled = evaluate_samples(samples.images, shuffled_labels, real, shipped)
     one_class = samples.labels == 0
     narrow = evaluate_samples(samples.images[one_class], samples.labels[one_class], real, shipped)
     print(good.summary(), shuffled.summary(), narrow.summary(), sep="\n")
     assert good["n_samples"] == 200 and good["n_real"] == 300
+    # taken_for: each asked class's samples counted by what the classifier gave them, its own class
+    # as often as per_class_accuracy says; shuffled labels spread over other classes
+    names = heldout.class_names
+    for report, labels in ((good, samples.labels), (shuffled, shuffled_labels)):
+        assert sum(sum(row.values()) for row in report["taken_for"].values()) == 200
+        for name, row in report["taken_for"].items():
+            asked = int((labels == names.index(name)).sum())
+            assert sum(row.values()) == asked and all(c > 0 for c in row.values())
+            assert row.get(name, 0) == round(report["per_class_accuracy"][name] * asked)
+    assert any(len(row) > 2 for row in shuffled["taken_for"].values())
     assert good["class_accuracy"] >= 0.93 and good["classifier_real_accuracy"] >= 0.95
     assert shuffled["class_accuracy"] <= 0.3
     assert good[FD_NAME] == pytest.approx(shuffled[FD_NAME])  # the FD ignores labels

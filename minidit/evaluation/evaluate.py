@@ -124,8 +124,10 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
     default device, minidit.backend.get_device); real_dataset: an ImageDataset of real held-out images
     (default: the held-out split of the classifier's dataset); classifier: (params, meta) or the
     path of a saved classifier. Returns an EvalReport (a dict; .summary() is one line) with
-    class_accuracy, per_class_accuracy, classifier_real_accuracy, FD_minidit_classifier,
-    n_samples, n_real and the classifier file's description. keep_features=True adds the
+    class_accuracy, per_class_accuracy, taken_for (for each asked class, how many of its samples
+    the classifier gave each class: the non-zero cells of the confusion matrix),
+    classifier_real_accuracy, FD_minidit_classifier, n_samples, n_real and the classifier file's
+    description. keep_features=True adds the
     NumPy arrays behind them (sample_features (N, D), real_features (M, D), predictions (N,)),
     which a bootstrap over the samples needs (minidit.evaluation.experiments).
     """
@@ -152,9 +154,14 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
     head_w, head_b = to_numpy(params["head.w"]), to_numpy(params["head.b"])
     pred = (f_fake @ head_w + head_b).argmax(axis=1)
     pred_real = (f_real @ head_w + head_b).argmax(axis=1)
-    per_class = {meta["class_names"][k]: float((pred[y == k] == k).mean()) for k in np.unique(y)}
+    names = meta["class_names"]
+    per_class = {names[k]: float((pred[y == k] == k).mean()) for k in np.unique(y)}
+    # what the samples of each asked class were taken for (the confusion matrix's non-zero cells)
+    taken_for = {names[k]: {names[j]: int(c) for j, c in enumerate(np.bincount(pred[y == k], minlength=len(names)))
+                            if c} for k in np.unique(y)}
     report = EvalReport(
         class_accuracy=float((pred == y).mean()), n_samples=int(len(y)), per_class_accuracy=per_class,
+        taken_for=taken_for,
         classifier_real_accuracy=float((pred_real == real.labels).mean()), n_real=int(len(real)),
         **{FD_NAME: frechet_distance(f_fake, f_real)},
         feature_extractor=f"minidit ViT classifier, pooled features (D={cfg.hidden_size}), "
