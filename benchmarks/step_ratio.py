@@ -50,7 +50,8 @@ for _b in (16, 64):
     OBJECTIVES[f"latent-p1-flow-ln-m-0.5-b{_b}"] = _flow_m05
 BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
 # the main command's recipe on a wider (160 channels, 5 heads of 32) or a deeper (6 blocks) network
-# or a narrower one (96 channels, 4 heads of 24), alone or 6 blocks deep
+# or narrower ones (96 channels, 4 heads of 24, 4, 6 or 8 blocks deep; 64 channels, 4 heads of 16, 8 or 12
+# blocks deep)
 for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth": 6}),
                   ("w96", {"hidden_size": 96, "num_heads": 4}),
                   ("d6-w96", {"depth": 6, "hidden_size": 96, "num_heads": 4}),

@@ -127,9 +127,9 @@ def evaluate_samples(samples, labels, real_dataset=None, classifier=DEFAULT_CLAS
     class_accuracy, per_class_accuracy, taken_for (for each asked class, how many of its samples
     the classifier gave each class: the non-zero cells of the confusion matrix),
     classifier_real_accuracy, FD_minidit_classifier, n_samples, n_real and the classifier file's
-    description. keep_features=True adds the
-    NumPy arrays behind them (sample_features (N, D), real_features (M, D), predictions (N,)),
-    which a bootstrap over the samples needs (minidit.evaluation.experiments).
+    description. keep_features=True adds the NumPy arrays behind them (sample_features (N, D),
+    real_features (M, D), predictions (N,)), which a bootstrap over the samples needs
+    (minidit.evaluation.experiments).
     """
     params, meta = load_classifier(classifier) if isinstance(classifier, (str, Path)) else classifier
     device = get_device() if device is None else resolve_device(device)

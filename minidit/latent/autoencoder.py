@@ -226,7 +226,8 @@ class EncodedDataset:
     order, so a resumed run sees the same numbers.
     """
 
-    CHUNK = 32  # images encoded at once; 256 took 1.38 times as long (benchmarks/bench_encode.py)
+    CHUNK = 32  # images encoded at once (256, with every layer's cache kept, took 1.38 times as long:
+    #             benchmarks/bench_encode.py, docs/performance.md)
 
     def __init__(self, encoder, images, parallel=None, progress=False):
         from tqdm.auto import tqdm
