@@ -132,6 +132,9 @@ RECIPES = {
                                        *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
     "latent-p1-flow-ln-m-0.5-w96-linear": [*LATENT, "--hidden-size", "96", "--num-heads", "4", *latent_opt()[:-4],
                                            "--lr-schedule", "linear", "--warmup", "100", *FLOW_LN, "--logit-mean", "-0.5"],
+    # the lead of the eighth round trained again from a second seed, nothing else changed
+    "latent-p1-flow-ln-m-0.5-d8-w64-seed1": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
+                                             *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--seed", "1"],
     "latent-p1-flow-ln-m-0.5-d8-w64-linear": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
                                               *latent_opt()[:-4], "--lr-schedule", "linear", "--warmup", "100",
                                               *FLOW_LN, "--logit-mean", "-0.5"],
