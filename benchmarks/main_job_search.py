@@ -132,7 +132,8 @@ RECIPES = {
                                        *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
     "latent-p1-flow-ln-m-0.5-w96-linear": [*LATENT, "--hidden-size", "96", "--num-heads", "4", *latent_opt()[:-4],
                                            "--lr-schedule", "linear", "--warmup", "100", *FLOW_LN, "--logit-mean", "-0.5"],
-    # the lead of the eighth round trained again from a second seed, nothing else changed
+    # the lead of the eighth round trained again from a second seed, nothing else changed (started at the end of
+    # the session that defined it and stopped at about step 1,400 for time: no result yet)
     "latent-p1-flow-ln-m-0.5-d8-w64-seed1": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
                                              *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--seed", "1"],
     "latent-p1-flow-ln-m-0.5-d8-w64-linear": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
