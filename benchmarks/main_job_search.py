@@ -41,12 +41,13 @@ COSINE = ["--lr-schedule", "cosine", "--warmup", "100"]
 LATENT = ["--vae", "data/vae_shapes32.npz", "--model", "minidit-Tiny/2", "--patch-size", "1"]
 
 
-def latent_opt(lr="2e-3", batch="32", ema="0.998"):
+def latent_opt(lr="2e-3", batch="32", ema="0.998", schedule="cosine"):
     """The latent recipes' optimiser, EMA and schedule (the defaults: the main command's)."""
-    return ["--lr", lr, "--batch-size", batch, "--ema-decay", ema, *COSINE]
+    return ["--lr", lr, "--batch-size", batch, "--ema-decay", ema, "--lr-schedule", schedule, "--warmup", "100"]
 
 
 LATENT_OPT = latent_opt()
+LINEAR_OPT = latent_opt(schedule="linear")  # the same with the linear decay
 # the flow objective with logit-normal times
 FLOW_LN = ["--objective", "flow", "--timesteps", "logit-normal"]
 RECIPES = {
@@ -123,22 +124,20 @@ RECIPES = {
                                     "--logit-mean", "-0.5"],
     "latent-p1-flow-ln-m-0.5-d6-w96": [*LATENT, "--depth", "6", "--hidden-size", "96", "--num-heads", "4",
                                        *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
-    "latent-p1-flow-ln-m-0.5-linear": [*LATENT, *latent_opt()[:-4], "--lr-schedule", "linear", "--warmup", "100",
-                                       *FLOW_LN, "--logit-mean", "-0.5"],
+    "latent-p1-flow-ln-m-0.5-linear": [*LATENT, *LINEAR_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
     # deeper and narrower still (8 blocks of 64 channels, 4 heads of 16: 0.84 of the step), and the narrow
     # networks with the linear decay (each near 82% alone: together?); d8-w64-linear was stopped at step 1,300
     # of 5,850 for time, so that the other two ran faster, and has no result
     "latent-p1-flow-ln-m-0.5-d8-w64": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
                                        *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
-    "latent-p1-flow-ln-m-0.5-w96-linear": [*LATENT, "--hidden-size", "96", "--num-heads", "4", *latent_opt()[:-4],
-                                           "--lr-schedule", "linear", "--warmup", "100", *FLOW_LN, "--logit-mean", "-0.5"],
+    "latent-p1-flow-ln-m-0.5-w96-linear": [*LATENT, "--hidden-size", "96", "--num-heads", "4", *LINEAR_OPT,
+                                           *FLOW_LN, "--logit-mean", "-0.5"],
     # the lead of the eighth round trained again from a second seed, nothing else changed (started at the end of
     # the session that defined it and stopped at about step 1,400 for time: no result yet)
     "latent-p1-flow-ln-m-0.5-d8-w64-seed1": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
                                              *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--seed", "1"],
     "latent-p1-flow-ln-m-0.5-d8-w64-linear": [*LATENT, "--depth", "8", "--hidden-size", "64", "--num-heads", "4",
-                                              *latent_opt()[:-4], "--lr-schedule", "linear", "--warmup", "100",
-                                              *FLOW_LN, "--logit-mean", "-0.5"],
+                                              *LINEAR_OPT, *FLOW_LN, "--logit-mean", "-0.5"],
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
