@@ -51,7 +51,8 @@ for _b in (16, 64):
 BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
 # the main command's recipe on a wider (160 channels, 5 heads of 32) or a deeper (6 blocks) network
 # or narrower ones (96 channels, 4 heads of 24, 4, 6 or 8 blocks deep; 64 channels, 4 heads of 16, 8 or 12
-# blocks deep; 48 channels, 4 heads of 12, 8 or 12 blocks; 64 channels in 2 heads of 32, or 10 blocks)
+# blocks deep; 48 channels, 4 heads of 12, 8 or 12 blocks; 64 channels in 2 heads of 32, or 10 blocks; 64 channels
+# in 1 or 2 heads, 6, 8 or 10 blocks; 48 channels in 1 or 2 heads, 8 blocks)
 for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth": 6}),
                   ("w96", {"hidden_size": 96, "num_heads": 4}),
                   ("d6-w96", {"depth": 6, "hidden_size": 96, "num_heads": 4}),
@@ -61,7 +62,12 @@ for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth
                   ("d10-w64", {"depth": 10, "hidden_size": 64, "num_heads": 4}),
                   ("d8-w64-h2", {"depth": 8, "hidden_size": 64, "num_heads": 2}),
                   ("d8-w48", {"depth": 8, "hidden_size": 48, "num_heads": 4}),
-                  ("d12-w48", {"depth": 12, "hidden_size": 48, "num_heads": 4})):
+                  ("d12-w48", {"depth": 12, "hidden_size": 48, "num_heads": 4}),
+                  ("d8-w64-h1", {"depth": 8, "hidden_size": 64, "num_heads": 1}),
+                  ("d6-w64-h2", {"depth": 6, "hidden_size": 64, "num_heads": 2}),
+                  ("d10-w64-h2", {"depth": 10, "hidden_size": 64, "num_heads": 2}),
+                  ("d8-w48-h2", {"depth": 8, "hidden_size": 48, "num_heads": 2}),
+                  ("d8-w48-h1", {"depth": 8, "hidden_size": 48, "num_heads": 1})):
     CONFIGS[f"latent-p1-flow-ln-m-0.5-{_tag}"] = (get_config("minidit-Tiny/2", patch_size=1, input_size=8,
                                                              in_channels=4, learn_sigma=False, **_kw), 8)
     OBJECTIVES[f"latent-p1-flow-ln-m-0.5-{_tag}"] = _flow_m05
