@@ -2,7 +2,7 @@
 child processes that alternate (base, new, base, new, ...), so a busy machine slows both alike.
 
     python benchmarks/bench_command.py --base REV [--steps 300] [--rounds 3] [--base-steps 4650]
-                                       [--json out.json]
+                                       [--new-args "--worker-kind processes"] [--json out.json]
 
 bench_versions.py times one training step in one process; this times what a user runs, start-up,
 encoding, data, EMA and logging included, as processes with their own memory settings (a version
@@ -15,9 +15,12 @@ Per run it reports the wall time, the steady time per step (the median over the 
 records after the first, which holds the encoding) and the fixed cost (wall - steps x per step).
 From the medians it prints the ratio new / base of the time per step and, given `--base-steps`,
 the step count at which the new version's command takes the time the base's took at that count.
+`--new-args` adds training arguments to the new version's command only: with `--base HEAD`, the same
+code with and without an option (the two kinds of worker, say).
 """
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,10 +37,11 @@ from main_job_search import RECIPES, matmul_rate  # noqa: E402
 MAIN = "latent-p1-flow-ln-m-0.5"  # the README's main command (its arguments, less --steps and --out)
 
 
-def run_once(tree, steps, out):
-    """Run the main command in `tree` for `steps` steps into `out`: (wall s, steady s per step)."""
+def run_once(tree, steps, out, extra=()):
+    """Run the main command in `tree` for `steps` steps into `out`, with the training arguments `extra`
+    added: (wall s, steady s per step)."""
     cmd = [sys.executable, "-m", "minidit.train", *RECIPES[MAIN], "--steps", str(steps), "--out", str(out),
-           "--no-progress", "--log-every", "50", "--ckpt-every", str(steps)]
+           "--no-progress", "--log-every", "50", "--ckpt-every", str(steps), *extra]
     t = time.perf_counter()
     subprocess.run(cmd, cwd=tree, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
@@ -55,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="runs of each version, alternating")
     ap.add_argument("--base-steps", type=int, default=4650,
                     help="the base's step count whose time the new version should match")
+    ap.add_argument("--new-args", default="", help="training arguments added to the new version's command only")
     ap.add_argument("--json", type=Path, help="write the runs and the summary here")
     args = ap.parse_args(argv)
     if args.steps < 100 or args.rounds < 1:
@@ -71,8 +76,8 @@ def main(argv=None):
         base_tree.mkdir()
         git_export(args.base, base_tree)
         for r in range(args.rounds):
-            for name, tree in (("base", base_tree), ("new", ROOT)):
-                wall, per_step = run_once(tree, args.steps, Path(tmp) / f"run-{name}-{r}")
+            for name, tree, extra in (("base", base_tree, ()), ("new", ROOT, shlex.split(args.new_args))):
+                wall, per_step = run_once(tree, args.steps, Path(tmp) / f"run-{name}-{r}", extra)
                 runs[name].append({"wall_s": wall, "per_step_s": per_step,
                                    "fixed_s": wall - args.steps * per_step})
                 print(f"round {r + 1} {name:4s}: wall {wall:6.1f} s, {per_step * 1e3:6.1f} ms a step, "
@@ -88,7 +93,7 @@ def main(argv=None):
     print(f"the base's {args.base_steps} steps take the new version's time of {equal:.0f} steps "
           f"(matmul {gflops:.1f} GFLOP/s)")
     if args.json:
-        args.json.write_text(json.dumps({"base": args.base, "steps": args.steps, "rounds": args.rounds,
+        args.json.write_text(json.dumps({"base": args.base, "new_args": args.new_args, "steps": args.steps, "rounds": args.rounds,
                                          "matmul_gflops": gflops, "runs": runs, "median": med, "ratio": ratio,
                                          "base_steps": args.base_steps, "equal_time_steps": equal,
                                          "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1) + "\n")
