@@ -93,8 +93,8 @@ def main(argv=None):
     print(f"the base's {args.base_steps} steps take the new version's time of {equal:.0f} steps "
           f"(matmul {gflops:.1f} GFLOP/s)")
     if args.json:
-        args.json.write_text(json.dumps({"base": args.base, "new_args": args.new_args, "steps": args.steps, "rounds": args.rounds,
-                                         "matmul_gflops": gflops, "runs": runs, "median": med, "ratio": ratio,
+        args.json.write_text(json.dumps({"base": args.base, "new_args": args.new_args, "steps": args.steps,
+                                         "rounds": args.rounds, "matmul_gflops": gflops, "runs": runs, "median": med, "ratio": ratio,
                                          "base_steps": args.base_steps, "equal_time_steps": equal,
                                          "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1) + "\n")
 

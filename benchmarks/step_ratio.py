@@ -50,9 +50,9 @@ for _b in (16, 64):
     OBJECTIVES[f"latent-p1-flow-ln-m-0.5-b{_b}"] = _flow_m05
 BATCH = {"latent-p1-flow-ln-m-0.5-b16": 16, "latent-p1-flow-ln-m-0.5-b64": 64}
 # the main command's recipe on a wider (160 channels, 5 heads of 32) or a deeper (6 blocks) network
-# or narrower ones (96 channels, 4 heads of 24, 4, 6 or 8 blocks deep; 64 channels, 4 heads of 16, 8 or 12
-# blocks deep; 48 channels, 4 heads of 12, 8 or 12 blocks; 64 channels in 2 heads of 32, or 10 blocks; 64 channels
-# in 1 or 2 heads, 6, 8 or 10 blocks; 48 channels in 1 or 2 heads, 8 blocks)
+# or narrower ones: 96 channels in 4 heads of 24, 4, 6 or 8 blocks deep; 64 channels in 4 heads of 16, 8, 10 or 12
+# blocks deep, in 2 heads of 32, 6, 8 or 10 blocks deep, or in 1 head, 8 blocks deep; 48 channels in 4 heads of 12,
+# 8 or 12 blocks deep, or in 2 heads or 1, 8 blocks deep
 for _tag, _kw in (("w160", {"hidden_size": 160, "num_heads": 5}), ("d6", {"depth": 6}),
                   ("w96", {"hidden_size": 96, "num_heads": 4}),
                   ("d6-w96", {"depth": 6, "hidden_size": 96, "num_heads": 4}),
