@@ -157,6 +157,9 @@ RECIPES = {
        for tag in ("15min", "20min", "30min")},
     # twice the budget from a second training seed: one seed moved the narrow networks by up to 5 points
     "latent-p1-flow-ln-m-0.5-20min-seed1": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--seed", "1"],
+    # 1.5 times the budget from a second training seed: the 7,550 steps fit ten minutes of the 250 GFLOP/s AMD EPYC
+    # of 2026-12-07 (the 4,900-step command took 6 min 21 s there from a clean clone)
+    "latent-p1-flow-ln-m-0.5-15min-seed1": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--seed", "1"],
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
