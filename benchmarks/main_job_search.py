@@ -160,6 +160,11 @@ RECIPES = {
     # 1.5 times the budget from a second training seed: the 7,550 steps fit ten minutes of the 250 GFLOP/s AMD EPYC
     # of 2026-12-07 (the 4,900-step command took 6 min 21 s there from a clean clone)
     "latent-p1-flow-ln-m-0.5-15min-seed1": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--seed", "1"],
+    # the optimiser that came after DiT: Muon for the blocks' weight matrices, AdamW for the rest, at the same lr and
+    # schedule (`--optimizer muon`), in the time of the 7,550 AdamW steps above, two training seeds
+    **{f"latent-p1-flow-ln-m-0.5-muon-15min{tag}": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5",
+                                                    "--optimizer", "muon", *seed]
+       for tag, seed in (("", []), ("-seed1", ["--seed", "1"]))},
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minidit.backend import to_numpy
-from minidit.training.optim import AdamW, ema_update, init_ema
+from minidit.training.optim import AdamW, Muon, ema_update, init_ema, muon_matrices, orthogonalize
 
 
 def _adamw_reference(p, grads, lr, b1, b2, eps, wd):
@@ -206,3 +206,109 @@ def test_lr_at_warmup_and_decays():
     assert lr_at(10, 2.0, 10, 4, "linear", final_fraction=0.5) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
         lr_at(1, 1.0, 10, schedule="step")
+
+
+# Muon ---------------------------------------------------------------------------------------------
+
+def _newton_schulz64(g, steps=5):
+    """The orthogonalising iteration written out again in float64, for the expected values."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = np.asarray(g, dtype=np.float64)
+    x = x / (np.sqrt((x * x).sum()) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(24, 72), (72, 24), (40, 40)])
+def test_orthogonalize_keeps_the_singular_vectors_and_evens_the_values(xp, shape):
+    """orthogonalize(g) = U f(S) V^T for g = U S V^T: the same singular vectors; values within a
+    hundredfold of the largest all end near 1 (five steps leave them in about [0.7, 1.2]), and
+    smaller ones are raised by a large factor."""
+    rng = np.random.default_rng(1)
+    u, _ = np.linalg.qr(rng.standard_normal((shape[0], shape[0])))
+    v, _ = np.linalg.qr(rng.standard_normal((shape[1], shape[1])))
+    k = min(shape)
+    for spread in (1e-2, 1e-3):
+        s = np.geomspace(1.0, spread, k)
+        g = (u[:, :k] * s) @ v[:, :k].T
+        o = to_numpy(orthogonalize(xp.asarray(g.astype(np.float32)))).astype(np.float64)
+        assert o.shape == shape
+        d = u[:, :k].T @ o @ v[:, :k]  # o in g's singular bases: diagonal if the vectors are kept
+        off = d - np.diag(np.diag(d))
+        assert np.abs(off).max() < 1e-3, np.abs(off).max()
+        f = np.diag(d)
+        assert f.max() < 1.25, f
+        if spread == 1e-2:
+            assert f.min() > 0.6, f
+        else:  # the smallest value, 1e-3 / |g| of the normalised matrix, is raised about a hundredfold or more
+            assert f.min() > 100 * s.min() / np.sqrt((s * s).sum()), f
+        np.testing.assert_allclose(o, _newton_schulz64(g), atol=2e-4)  # float32 against float64
+
+
+def test_muon_splits_the_parameters_and_steps_as_written(xp):
+    """The blocks' weight matrices get Muon (momentum, Nesterov, orthogonalised, scaled by
+    0.2 sqrt(max side), decoupled decay); biases, the adaLN regression and weights outside the
+    blocks get AdamW, to the bit."""
+    rng = np.random.default_rng(2)
+    shapes = {"blocks.0.mlp.fc1.w": (8, 32), "blocks.0.mlp.fc1.b": (32,), "blocks.0.adaLN_modulation.1.w": (8, 48),
+              "x_embedder.proj.w": (4, 8), "blocks.1.attn.proj.w": (8, 8)}
+    p0 = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(3)]
+    assert muon_matrices(p0) == ["blocks.0.mlp.fc1.w", "blocks.1.attn.proj.w"]
+    lr, wd, mu = 0.02, 0.1, 0.95
+    params = {k: xp.asarray(p.copy()) for k, p in p0.items()}
+    twin = {k: xp.asarray(p.copy()) for k, p in p0.items()}
+    opt, adam = Muon(params, lr=lr, weight_decay=wd), AdamW(twin, lr=lr, weight_decay=wd)
+    want = {k: p0[k].astype(np.float64) for k in muon_matrices(p0)}
+    mom = {k: np.zeros_like(w) for k, w in want.items()}
+    for g in grads:
+        opt.step(params, {k: xp.asarray(a) for k, a in g.items()})
+        adam.step(twin, {k: xp.asarray(a) for k, a in g.items()})
+        for k in want:
+            mom[k] = mu * mom[k] + g[k]
+            o = _newton_schulz64(g[k] + mu * mom[k])
+            want[k] = want[k] * (1 - lr * wd) - lr * 0.2 * np.sqrt(max(o.shape)) * o
+    for k in shapes:
+        got = to_numpy(params[k])
+        assert got.dtype == np.float32
+        if k in want:
+            np.testing.assert_allclose(got, want[k], atol=3e-5)
+            np.testing.assert_allclose(to_numpy(opt.m[k]), mom[k], rtol=1e-5, atol=1e-6)
+            assert not np.any(to_numpy(opt.v[k]))  # Muon's matrices leave v unused
+        else:
+            np.testing.assert_array_equal(got, to_numpy(twin[k]))
+
+
+def test_muon_update_has_the_size_of_an_adamw_update():
+    """The 0.2 sqrt(max side) factor: Muon's first step has about the root-mean-square size of
+    AdamW's (whose first step moves every entry by lr, so its rms is lr x 1)."""
+    rng = np.random.default_rng(3)
+    for shape in [(128, 384), (512, 128)]:
+        params = {"blocks.0.mlp.fc2.w": np.zeros(shape, np.float32)}
+        Muon(params, lr=1.0).step(params, {"blocks.0.mlp.fc2.w": rng.standard_normal(shape).astype(np.float32)})
+        rms = float(np.sqrt(np.mean(params["blocks.0.mlp.fc2.w"].astype(np.float64) ** 2)))
+        assert 0.12 < rms < 0.3, (shape, rms)  # 0.2 x the rms of a near-orthogonal matrix's entries x sqrt(max side)
+
+
+def test_muon_state_round_trip_continues_identically(xp):
+    params, grads = _random_problem(xp)
+    opt = Muon(params, lr=1e-2, weight_decay=0.01)
+    assert opt.matrices == {"blocks.0.attn.qkv.w"}
+    for g in grads[:3]:
+        opt.step(params, g)
+    saved = {k: to_numpy(p).copy() for k, p in params.items()}
+    state = opt.state_dict()
+    for g in grads[3:]:
+        opt.step(params, g)
+    resumed = {k: xp.asarray(p) for k, p in saved.items()}
+    opt2 = Muon(resumed)
+    opt2.load_state_dict({"step": state["step"], "m": state["m"], "v": state["v"]})  # what a checkpoint keeps
+    opt2.lr, opt2.weight_decay = 1e-2, 0.01  # the train command sets them from its flags
+    for g in grads[3:]:
+        opt2.step(resumed, g)
+    for k in params:
+        np.testing.assert_array_equal(to_numpy(resumed[k]), to_numpy(params[k]))

@@ -53,6 +53,29 @@ def test_resume_is_bit_for_bit(tmp_path, workers):
     assert la == lb
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_muon_trains_and_resumes_bit_for_bit(tmp_path, workers):
+    """--optimizer muon: Muon's momentum lives in the checkpoint's opt_m, so a stopped run resumes
+    to the bit; its matrices move and their v stays zero; resuming with another optimiser is refused."""
+    w = ["--optimizer", "muon", "--workers", workers]
+    train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "6", *w, out="straight"), log=lambda *a: None)
+    train.run(_args(tmp_path, "--steps", "3", "--ckpt-every", "3", *w, out="stopped"), log=lambda *a: None)
+    train.run(_args(tmp_path, "--steps", "6", "--ckpt-every", "3", "--resume", *w, out="stopped"),
+              log=lambda *a: None)
+    meta, a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000006.npz")
+    _, b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "step_0000006.npz")
+    assert meta["args"]["optimizer"] == "muon"
+    for group in ("model", "ema", "opt_m", "opt_v"):
+        for k in a[group]:
+            assert np.array_equal(a[group][k], b[group][k]), (group, k)
+    k = "blocks.0.mlp.fc1.w"
+    assert np.any(a["opt_m"][k]) and not np.any(a["opt_v"][k])  # Muon's: momentum only
+    assert np.any(a["opt_v"]["blocks.0.mlp.fc1.b"])  # AdamW's
+    with pytest.raises(ValueError, match="--optimizer muon, not adamw"):
+        train.run(_args(tmp_path, "--steps", "9", "--resume", "--optimizer", "adamw", out="stopped"),
+                  log=lambda *a: None)
+
+
 def test_latent_training_resumes_bit_for_bit(tmp_path):
     """DiT on the latents of a (tiny, briefly trained) VAE: the pre-encoded posteriors make the
     same run whether it is stopped and resumed or not."""
@@ -165,6 +188,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     (["--hidden-size", "18"], "hidden_size=18"),
     (["--batch-size", "1000"], "batch_size 1000"),
     (["--workers", "-1"], "--workers must be >= 0"),
+    (["--optimizer", "sgd"], "--optimizer: invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:

@@ -17,7 +17,7 @@ from ..latent.autoencoder import encoded_dataset, load_vae_encoder
 from ..model import DiT_models, DiTConfig, apply_label_dropout, dit_backward, dit_forward, init_params
 from ..training.checkpoint import load_checkpoint, resolve_input
 from ..training.data import DataLoader, load_dataset
-from ..training.optim import AdamW, ema_update, init_ema, lr_at
+from ..training.optim import OPTIMIZERS, ema_update, init_ema, lr_at
 from .objective_args import check_resumed_objective, config_overrides, grid_sampler, objective_for
 from .train_args import build_parser, validate
 from ..training.distributed import ProcessGradientSum, make_world, run_ranks
@@ -164,7 +164,7 @@ def train(args, run_dir, log=print, world=None):
     rng = Generator(args.seed, device=device)
     params = init_params(cfg, seed=args.seed, device=device)
     ema = init_ema(params)
-    opt = AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    opt = OPTIMIZERS[getattr(args, "optimizer", "adamw")](params, lr=args.lr, weight_decay=args.weight_decay)
     loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
     step = 0
     workers = resolve_workers(args.workers, args.batch_size, device)  # threads in this process

@@ -2,7 +2,7 @@
 (docs/commands.md): the parser and its validation, beside the command in train.py."""
 from ..cli import CommandParser, check_output_folder, check_positive, check_range
 from ..model import DiT_models
-from ..training.optim import LR_SCHEDULES
+from ..training.optim import LR_SCHEDULES, OPTIMIZERS
 from ..training.rundir import add_run_arguments
 from .objective_args import add_objective_arguments, check_objective_arguments
 
@@ -27,6 +27,9 @@ def build_parser():
     ap.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (paper: 0)")
     ap.add_argument("--lr-final", type=float, default=0.0,
                     help="the decay's last learning rate as a fraction of --lr (default 0)")
+    ap.add_argument("--optimizer", default="adamw", choices=tuple(OPTIMIZERS),
+                    help="adamw (paper) or muon: Muon for the blocks' weight matrices, AdamW for the rest, "
+                         "at the same --lr (docs/objectives.md)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
     ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
     ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")

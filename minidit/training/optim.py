@@ -4,6 +4,10 @@ DiT trains with torch.optim.AdamW (lr 1e-4 constant, betas (0.9, 0.999), eps 1e-
 0, so in effect Adam) and keeps an exponential moving average (EMA, decay 0.9999) of the
 weights, which is what every result in the paper is sampled from. Both work on flat dicts of
 arrays keyed like the model's parameters, on NumPy or CuPy.
+
+Beside the paper's optimiser, Muon (`--optimizer muon`, an optimiser that came after DiT) updates
+the blocks' weight matrices along an orthogonalised momentum and leaves the rest to AdamW
+(docs/objectives.md, "The Muon optimiser").
 """
 import math
 
@@ -123,6 +127,102 @@ class AdamW:
             xp = get_array_module(self.m[k])
             self.m[k][...] = xp.asarray(state["m"][k])
             self.v[k][...] = xp.asarray(state["v"][k])
+
+
+# Muon's orthogonalising iteration: x <- a x + (b A + c A^2) x with A = x x^T, five times. The three
+# coefficients push every singular value of a normalised matrix into roughly [0.7, 1.2] in a few
+# steps; they are the published choice of Muon's authors (Jordan et al., 2024).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g, steps=5):
+    """The nearest (semi-)orthogonal matrix to g, approximately: U V^T of g's SVD g = U S V^T,
+    reached by a Newton-Schulz iteration of matrix products alone (no SVD). g (rows, cols), float32.
+
+    g is first scaled to Frobenius norm 1 (so every singular value is at most 1); each step maps a
+    singular value s to a s + b s^3 + c s^5, an odd polynomial that drives small values up fast
+    (about 3.4 times a step) and keeps those near 1 between about 0.7 and 1.2 (not exactly 1: the
+    price of five steps). Values within about a hundredth of the largest all end in that band; the
+    very smallest are raised a hundredfold or more but stay below it. The products run on the
+    smaller side: a tall g is transposed.
+    """
+    xp = get_array_module(g)
+    a, b, c = NS_COEFFICIENTS
+    x = g / (xp.sqrt((g * g).sum()) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T  # (r, r), r = the smaller side
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    return x.T if tall else x
+
+
+def muon_matrices(params):
+    """The keys Muon updates: the 2-D weights inside the transformer blocks (qkv, proj, the MLP's two
+    layers), except the adaLN regressions, which map the conditioning rather than the tokens. The
+    embeddings, the final layer, biases and norms stay with AdamW, as Muon's authors advise."""
+    return [k for k, p in params.items()
+            if k.startswith("blocks.") and p.ndim == 2 and ".adaLN_modulation." not in k]
+
+
+class Muon(AdamW):
+    """Muon (Jordan et al., 2024) for the blocks' weight matrices, AdamW for every other parameter.
+
+    For a weight matrix W with gradient G, Muon keeps a momentum m <- mu m + G and steps along the
+    orthogonalised Nesterov direction O = orthogonalize(G + mu m):
+        W <- W (1 - lr weight_decay) - lr * 0.2 sqrt(max(rows, cols)) * O.
+    O has all its singular values near 1, so every direction of the update moves by about the same
+    amount, where Adam's update is dominated by a few. The factor 0.2 sqrt(max(rows, cols)) gives O
+    about the root-mean-square size of an AdamW update (Liu et al., 2025, "Muon is scalable"), so the
+    learning rate, its schedule and the weight decay are shared with the AdamW half unchanged.
+
+    The checkpoint format is AdamW's: m holds Muon's momentum for its matrices, and v stays zero
+    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5).
+    """
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.95,
+                 ns_steps=5):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.momentum, self.ns_steps = momentum, ns_steps
+        self.matrices = set(muon_matrices(params))
+
+    def step(self, params, grads, parallel=None):
+        """One update of every parameter, in place: Muon's for self.matrices, AdamW's for the rest."""
+        _check_like(self.m, params, "params")
+        _check_like(self.m, grads, "grads")
+        self.step_count += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1 ** self.step_count)
+        bias_correction2_sqrt = (1 - b2 ** self.step_count) ** 0.5
+        mu = self.momentum
+
+        def update(k):
+            p, g, m = params[k], grads[k], self.m[k]
+            if k not in self.matrices:
+                adamw_update(p, g, m, self.v[k], self.lr, b1, b2, self.eps, self.weight_decay, step_size,
+                             bias_correction2_sqrt)
+                return
+            m *= mu
+            m += g
+            o = orthogonalize(g + mu * m, self.ns_steps)  # Nesterov: the gradient plus the new momentum
+            if self.weight_decay != 0:
+                p *= 1 - self.lr * self.weight_decay
+            p -= (self.lr * 0.2 * math.sqrt(max(p.shape))) * o.astype(p.dtype, copy=False)
+
+        (parallel or _IN_THIS_THREAD).each(update, list(params))
+
+    def state_dict(self):
+        return dict(super().state_dict(), momentum=self.momentum, ns_steps=self.ns_steps)
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.momentum = state.get("momentum", self.momentum)
+        self.ns_steps = state.get("ns_steps", self.ns_steps)
+
+
+OPTIMIZERS = {"adamw": AdamW, "muon": Muon}
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")

@@ -326,7 +326,7 @@ def check_resumable(meta, groups, path):
 # not continue this one bit for bit): refused. The flags that only say how the run is watched or
 # where it runs (and the seed, whose random state the checkpoint carries) are not compared; every
 # other difference is named in one note.
-RESUME_REFUSED = ("data", "num_images", "image_size", "vae", "objective")
+RESUME_REFUSED = ("data", "num_images", "image_size", "vae", "objective", "optimizer")
 RESUME_IGNORED = ("out", "resume", "overwrite", "no_progress", "device", "workers", "seed", "keep", "log_every",
                   "ckpt_every", "sample_every", "no_sample_grid", "eval_images", "scale_images")
 
@@ -356,7 +356,7 @@ def compare_resumed_args(saved, args, log=print):
     for k, old, new in changed:
         if k in RESUME_REFUSED:
             raise ValueError(f"--resume: the run was trained with {flag(k)} {old}, not {new}; continuing it "
-                             f"on other data would be another run: start one with another --out")
+                             f"with that change would be another run: start one with another --out")
     if changed:
         log("note: resuming with " + ", ".join(f"{flag(k)} {new} (the checkpoint's run: {old})" for k, old, new
                                               in changed)
