@@ -179,13 +179,13 @@ class Muon(AdamW):
     learning rate, its schedule and the weight decay are shared with the AdamW half unchanged.
 
     The checkpoint format is AdamW's: m holds Muon's momentum for its matrices, and v stays zero
-    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5).
+    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5); rms: the 0.2 above.
     """
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.95,
-                 ns_steps=5):
+                 ns_steps=5, rms=0.2):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self.momentum, self.ns_steps = momentum, ns_steps
+        self.momentum, self.ns_steps, self.rms = momentum, ns_steps, rms
         self.matrices = set(muon_matrices(params))
 
     def step(self, params, grads, parallel=None):
@@ -209,17 +209,18 @@ class Muon(AdamW):
             o = orthogonalize(g + mu * m, self.ns_steps)  # Nesterov: the gradient plus the new momentum
             if self.weight_decay != 0:
                 p *= 1 - self.lr * self.weight_decay
-            p -= (self.lr * 0.2 * math.sqrt(max(p.shape))) * o.astype(p.dtype, copy=False)
+            p -= (self.lr * self.rms * math.sqrt(max(p.shape))) * o.astype(p.dtype, copy=False)
 
         (parallel or _IN_THIS_THREAD).each(update, list(params))
 
     def state_dict(self):
-        return dict(super().state_dict(), momentum=self.momentum, ns_steps=self.ns_steps)
+        return dict(super().state_dict(), momentum=self.momentum, ns_steps=self.ns_steps, rms=self.rms)
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.momentum = state.get("momentum", self.momentum)
         self.ns_steps = state.get("ns_steps", self.ns_steps)
+        self.rms = state.get("rms", self.rms)
 
 
 OPTIMIZERS = {"adamw": AdamW, "muon": Muon}
