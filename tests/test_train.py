@@ -76,6 +76,21 @@ def test_muon_trains_and_resumes_bit_for_bit(tmp_path, workers):
                   log=lambda *a: None)
 
 
+def test_a_run_from_before_the_optimizer_flag_resumes_only_with_adamw(tmp_path):
+    """A checkpoint whose recorded arguments have no "optimizer" (written before the flag) was
+    trained with AdamW: resuming it with Muon is refused, with AdamW it goes on."""
+    from minidit.training.checkpoint import save_checkpoint
+    train.run(_args(tmp_path, "--steps", "2", "--ckpt-every", "2"), log=lambda *a: None)
+    path = tmp_path / "run" / "checkpoints" / "step_0000002.npz"
+    meta, groups = load_checkpoint(path)
+    del meta["args"]["optimizer"]
+    save_checkpoint(path, meta, **groups)
+    with pytest.raises(ValueError, match="--optimizer adamw, not muon"):
+        train.run(_args(tmp_path, "--steps", "4", "--resume", "--optimizer", "muon"), log=lambda *a: None)
+    train.run(_args(tmp_path, "--steps", "4", "--resume"), log=lambda *a: None)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000004.npz")[0]["step"] == 4
+
+
 def test_latent_training_resumes_bit_for_bit(tmp_path):
     """DiT on the latents of a (tiny, briefly trained) VAE: the pre-encoded posteriors make the
     same run whether it is stopped and resumed or not."""

@@ -188,6 +188,7 @@ def train(args, run_dir, log=print, world=None):
         saved_args = meta.get("args")
         if isinstance(saved_args, dict):  # threads and processes give the same bits: not a change
             saved_args = {k: v for k, v in saved_args.items() if k != "worker_kind"}
+            saved_args.setdefault("optimizer", "adamw")  # a run from before --optimizer trained with AdamW
         compare_resumed_args(saved_args, args, log)
         saved = meta.get("workers", count)
         if args.workers == 0 and not local:
