@@ -99,10 +99,15 @@ class AdamW:
         bias_correction2_sqrt = bias_correction2 ** 0.5
 
         def update(k):
-            adamw_update(params[k], grads[k], self.m[k], self.v[k], self.lr, b1, b2, self.eps,
-                         self.weight_decay, step_size, bias_correction2_sqrt)
+            self._update(k, params[k], grads[k], step_size, bias_correction2_sqrt)
 
         (parallel or _IN_THIS_THREAD).each(update, list(params))
+
+    def _update(self, k, p, g, step_size, bias_correction2_sqrt):
+        """The update of parameter k (p in place, gradient g) with this step's Python scalars."""
+        b1, b2 = self.betas
+        adamw_update(p, g, self.m[k], self.v[k], self.lr, b1, b2, self.eps, self.weight_decay, step_size,
+                     bias_correction2_sqrt)
 
     def state_dict(self):
         """Step count, hyperparameters and the moments as host NumPy arrays (for checkpoints)."""
@@ -188,30 +193,17 @@ class Muon(AdamW):
         self.momentum, self.ns_steps, self.rms = momentum, ns_steps, rms
         self.matrices = set(muon_matrices(params))
 
-    def step(self, params, grads, parallel=None):
-        """One update of every parameter, in place: Muon's for self.matrices, AdamW's for the rest."""
-        _check_like(self.m, params, "params")
-        _check_like(self.m, grads, "grads")
-        self.step_count += 1
-        b1, b2 = self.betas
-        step_size = self.lr / (1 - b1 ** self.step_count)
-        bias_correction2_sqrt = (1 - b2 ** self.step_count) ** 0.5
-        mu = self.momentum
-
-        def update(k):
-            p, g, m = params[k], grads[k], self.m[k]
-            if k not in self.matrices:
-                adamw_update(p, g, m, self.v[k], self.lr, b1, b2, self.eps, self.weight_decay, step_size,
-                             bias_correction2_sqrt)
-                return
-            m *= mu
-            m += g
-            o = orthogonalize(g + mu * m, self.ns_steps)  # Nesterov: the gradient plus the new momentum
-            if self.weight_decay != 0:
-                p *= 1 - self.lr * self.weight_decay
-            p -= (self.lr * self.rms * math.sqrt(max(p.shape))) * o.astype(p.dtype, copy=False)
-
-        (parallel or _IN_THIS_THREAD).each(update, list(params))
+    def _update(self, k, p, g, step_size, bias_correction2_sqrt):
+        """Muon's update for self.matrices (AdamW.step calls it per key), AdamW's for the rest."""
+        if k not in self.matrices:
+            return super()._update(k, p, g, step_size, bias_correction2_sqrt)
+        m, mu = self.m[k], self.momentum
+        m *= mu
+        m += g
+        o = orthogonalize(g + mu * m, self.ns_steps)  # Nesterov: the gradient plus the new momentum
+        if self.weight_decay != 0:
+            p *= 1 - self.lr * self.weight_decay
+        p -= (self.lr * self.rms * math.sqrt(max(p.shape))) * o.astype(p.dtype, copy=False)
 
     def state_dict(self):
         return dict(super().state_dict(), momentum=self.momentum, ns_steps=self.ns_steps, rms=self.rms)
