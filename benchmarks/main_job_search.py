@@ -177,6 +177,11 @@ RECIPES = {
     # and from a second training seed: the first scored 75.7% in that budget
     "latent-p1-flow-ln-m-0.5-muon-seed1": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5", "--optimizer", "muon",
                                            "--seed", "1"],
+    # eleventh round: Muon's step twice as large (`--muon-rms 0.5`, the lowest loss of the 1,500-step trials of the
+    # update size), at ten minutes, from the two training seeds where the 0.2 step scored least (0 and 2)
+    **{f"latent-p1-flow-ln-m-0.5-muon-r0.5-15min{tag}": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5",
+                                                         "--optimizer", "muon", "--muon-rms", "0.5", *seed]
+       for tag, seed in (("", []), ("-seed2", ["--seed", "2"]))},
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 

@@ -30,6 +30,9 @@ def build_parser():
     ap.add_argument("--optimizer", default="adamw", choices=tuple(OPTIMIZERS),
                     help="adamw (paper) or muon: Muon for the blocks' weight matrices, AdamW for the rest, "
                          "at the same --lr (docs/objectives.md)")
+    ap.add_argument("--muon-rms", type=float, default=0.2,
+                    help="with --optimizer muon: the root-mean-square size of a Muon step as a fraction of "
+                         "--lr (default 0.2, about AdamW's; docs/objectives.md)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
     ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
     ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
@@ -57,7 +60,7 @@ def build_parser():
 def validate(ap, a):
     """Every flag checked against its range and the others; one line and exit 2 on the first wrong one."""
     check_positive(ap, a, ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size",
-                           "sample_steps", "lr"))
+                           "sample_steps", "lr", "muon_rms"))
     for name in ("depth", "hidden_size", "num_heads", "patch_size", "num_images"):
         if getattr(a, name) is not None:
             check_positive(ap, a, (name,))
