@@ -76,6 +76,25 @@ def test_muon_trains_and_resumes_bit_for_bit(tmp_path, workers):
                   log=lambda *a: None)
 
 
+def test_muon_rms_sets_the_size_of_muons_step_only(tmp_path):
+    """--muon-rms scales Muon's step linearly and leaves the AdamW half alone; the run records it.
+    With adaLN-Zero and the zeroed final layer the blocks' matrices get no gradient before step 3, so
+    after three steps all three runs have taken one Muon step from the same weights: 0.2 -> 0.4 moves
+    a matrix by what 0.4 -> 0.6 does."""
+    w = {}
+    for rms in ("0.2", "0.4", "0.6"):
+        train.run(_args(tmp_path, "--steps", "3", "--ckpt-every", "3", "--optimizer", "muon", "--muon-rms", rms,
+                        out=rms), log=lambda *a: None)
+        meta, g = load_checkpoint(tmp_path / rms / "checkpoints" / "step_0000003.npz")
+        assert meta["args"]["muon_rms"] == float(rms)
+        w[rms] = g["model"]
+    k = "blocks.0.mlp.fc1.w"
+    step1, step2 = w["0.4"][k] - w["0.2"][k], w["0.6"][k] - w["0.4"][k]
+    assert np.abs(step1).max() > 1e-5
+    np.testing.assert_allclose(step2, step1, rtol=1e-3, atol=1e-6)
+    assert np.array_equal(w["0.2"]["blocks.0.mlp.fc1.b"], w["0.6"]["blocks.0.mlp.fc1.b"])
+
+
 def test_a_run_from_before_the_optimizer_flag_resumes_only_with_adamw(tmp_path):
     """A checkpoint whose recorded arguments have no "optimizer" (written before the flag) was
     trained with AdamW: resuming it with Muon is refused, with AdamW it goes on."""
@@ -204,6 +223,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     (["--batch-size", "1000"], "batch_size 1000"),
     (["--workers", "-1"], "--workers must be >= 0"),
     (["--optimizer", "sgd"], "--optimizer: invalid choice"),
+    (["--optimizer", "muon", "--muon-rms", "0"], "--muon-rms must be positive"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
