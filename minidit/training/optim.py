@@ -184,7 +184,7 @@ class Muon(AdamW):
     learning rate, its schedule and the weight decay are shared with the AdamW half unchanged.
 
     The checkpoint format is AdamW's: m holds Muon's momentum for its matrices, and v stays zero
-    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5); rms: the 0.2 above.
+    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5); rms: the 0.2 above (`--muon-rms`).
     """
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.95,
