@@ -187,6 +187,10 @@ RECIPES = {
     **{f"latent-p1-flow-ln-m-0.5-muon-r0.5-15min-seed{s}": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5",
                                                             "--optimizer", "muon", "--muon-rms", "0.5", "--seed", str(s)]
        for s in (1, 3)},
+    # and from two more training seeds, so that the new main command's mean rests on six
+    **{f"latent-p1-flow-ln-m-0.5-muon-r0.5-15min-seed{s}": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5",
+                                                            "--optimizer", "muon", "--muon-rms", "0.5", "--seed", str(s)]
+       for s in (4, 5)},
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
