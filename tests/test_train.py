@@ -76,7 +76,7 @@ def test_muon_trains_and_resumes_bit_for_bit(tmp_path, workers):
                   log=lambda *a: None)
 
 
-def test_muon_rms_sets_the_size_of_muons_step_only(tmp_path):
+def test_muon_rms_sets_the_size_of_muons_step_only(tmp_path, monkeypatch):
     """--muon-rms scales Muon's step linearly and leaves the AdamW half alone; the run records it.
     With adaLN-Zero and the zeroed final layer the blocks' matrices get no gradient before step 3, so
     after three steps all three runs have taken one Muon step from the same weights: 0.2 -> 0.4 moves
@@ -93,6 +93,14 @@ def test_muon_rms_sets_the_size_of_muons_step_only(tmp_path):
     assert np.abs(step1).max() > 1e-5
     np.testing.assert_allclose(step2, step1, rtol=1e-3, atol=1e-6)
     assert np.array_equal(w["0.2"]["blocks.0.mlp.fc1.b"], w["0.6"]["blocks.0.mlp.fc1.b"])
+    # a resumed run may change it: one note names the change, and the new size is the one used
+    from minidit.training.optim import Muon
+    notes, sizes, real_step = [], [], Muon.step
+    monkeypatch.setattr(Muon, "step", lambda self, *a, **k: (sizes.append(self.rms), real_step(self, *a, **k)))
+    train.run(_args(tmp_path, "--steps", "4", "--ckpt-every", "4", "--resume", "--optimizer", "muon", "--muon-rms",
+                    "0.4", out="0.2"), log=notes.append)
+    assert any("--muon-rms 0.4 (the checkpoint's run: 0.2)" in n for n in notes), notes
+    assert sizes == [0.4]
 
 
 def test_a_run_from_before_the_optimizer_flag_resumes_only_with_adamw(tmp_path):
