@@ -101,6 +101,9 @@ def test_muon_rms_sets_the_size_of_muons_step_only(tmp_path, monkeypatch):
                     "0.4", out="0.2"), log=notes.append)
     assert any("--muon-rms 0.4 (the checkpoint's run: 0.2)" in n for n in notes), notes
     assert sizes == [0.4]
+    # from the command line a Muon run records the default it used, so that a resume can compare it
+    assert train.main(TINY + ["--out", str(tmp_path / "default"), "--steps", "1", "--optimizer", "muon"]) == 0
+    assert load_checkpoint(checkpoints_of(tmp_path / "default")[-1])[0]["args"]["muon_rms"] == 0.2
 
 
 def test_a_run_from_before_the_optimizer_flag_resumes_only_with_adamw(tmp_path):
@@ -232,6 +235,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     (["--workers", "-1"], "--workers must be >= 0"),
     (["--optimizer", "sgd"], "--optimizer: invalid choice"),
     (["--optimizer", "muon", "--muon-rms", "0"], "--muon-rms must be positive"),
+    (["--muon-rms", "0.5"], "--muon-rms sizes Muon's step; --optimizer adamw has none"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:

@@ -164,7 +164,7 @@ def train(args, run_dir, log=print, world=None):
     rng = Generator(args.seed, device=device)
     params = init_params(cfg, seed=args.seed, device=device)
     ema = init_ema(params)
-    opt_kwargs = {"rms": args.muon_rms} if args.optimizer == "muon" else {}
+    opt_kwargs = {"rms": args.muon_rms} if args.optimizer == "muon" and args.muon_rms is not None else {}
     opt = OPTIMIZERS[args.optimizer](params, lr=args.lr, weight_decay=args.weight_decay, **opt_kwargs)
     loader = DataLoader(data, args.batch_size, rng, flip=not args.no_flip, device=device)
     step = 0

@@ -2,7 +2,7 @@
 (docs/commands.md): the parser and its validation, beside the command in train.py."""
 from ..cli import CommandParser, check_output_folder, check_positive, check_range
 from ..model import DiT_models
-from ..training.optim import LR_SCHEDULES, OPTIMIZERS
+from ..training.optim import LR_SCHEDULES, MUON_RMS, OPTIMIZERS
 from ..training.rundir import add_run_arguments
 from .objective_args import add_objective_arguments, check_objective_arguments
 
@@ -30,9 +30,9 @@ def build_parser():
     ap.add_argument("--optimizer", default="adamw", choices=tuple(OPTIMIZERS),
                     help="adamw (paper) or muon: Muon for the blocks' weight matrices, AdamW for the rest, "
                          "at the same --lr (docs/objectives.md)")
-    ap.add_argument("--muon-rms", type=float, default=0.2,
+    ap.add_argument("--muon-rms", type=float, default=None,
                     help="with --optimizer muon: the root-mean-square size of a Muon step as a fraction of "
-                         "--lr (default 0.2, about AdamW's; docs/objectives.md)")
+                         f"--lr (default {MUON_RMS}, about AdamW's; docs/objectives.md)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (paper: 0)")
     ap.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (paper: 0.9999)")
     ap.add_argument("--class-dropout", type=float, default=None, help="label dropout (paper: 0.1)")
@@ -60,7 +60,7 @@ def build_parser():
 def validate(ap, a):
     """Every flag checked against its range and the others; one line and exit 2 on the first wrong one."""
     check_positive(ap, a, ("steps", "batch_size", "log_every", "ckpt_every", "keep", "image_size",
-                           "sample_steps", "lr", "muon_rms"))
+                           "sample_steps", "lr"))
     for name in ("depth", "hidden_size", "num_heads", "patch_size", "num_images"):
         if getattr(a, name) is not None:
             check_positive(ap, a, (name,))
@@ -80,3 +80,9 @@ def validate(ap, a):
     if a.resume and a.overwrite:
         ap.error("--resume and --overwrite contradict each other")
     check_objective_arguments(ap, a)
+    if a.muon_rms is not None:
+        if a.optimizer != "muon":
+            ap.error(f"--muon-rms sizes Muon's step; --optimizer {a.optimizer} has none")
+        check_positive(ap, a, ("muon_rms",))
+    elif a.optimizer == "muon":
+        a.muon_rms = MUON_RMS  # recorded in the checkpoint, so that a resume compares it

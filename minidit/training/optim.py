@@ -164,6 +164,11 @@ def orthogonalize(g, steps=5):
     return x.T if tall else x
 
 
+# The root-mean-square size of a Muon step over the learning rate that matches an AdamW step's
+# (Liu et al., 2025): Muon's default, `--muon-rms`.
+MUON_RMS = 0.2
+
+
 def muon_matrices(params):
     """The keys Muon updates: the 2-D weights inside the transformer blocks (qkv, proj, the MLP's two
     layers), except the adaLN regressions, which map the conditioning rather than the tokens. The
@@ -188,7 +193,7 @@ class Muon(AdamW):
     """
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.95,
-                 ns_steps=5, rms=0.2):
+                 ns_steps=5, rms=MUON_RMS):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.momentum, self.ns_steps, self.rms = momentum, ns_steps, rms
         self.matrices = set(muon_matrices(params))
