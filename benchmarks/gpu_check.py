@@ -71,7 +71,7 @@ def main(argv=None):
                       "--lr", "2e-3",
                       "--ema-decay", "0.998", "--lr-schedule", "cosine", "--warmup", "100",
                       "--objective", "flow", "--timesteps", "logit-normal", "--logit-mean", "-0.5", "--optimizer", "muon",
-                      "--device", "gpu",
+                      "--muon-rms", "0.5", "--device", "gpu",
                       "--no-progress", "--out", str(Path(runs) / "main")]
                      + (["--num-images", "16", "--sample-steps", "2"] if dry else []), 300),
     }
