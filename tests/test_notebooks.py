@@ -4,6 +4,8 @@ time the README states for it. Every notebook runs headless, top to bottom, in i
 uses, and shows at least one figure in tests/test_student_notebooks.py: on the GPU path (the CuPy
 stand-in of tests/standin where no CuPy is installed, as in CI) as the restored student edition,
 whose code cells are exactly these, and on the CPU before the exercises are written."""
+import importlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -71,3 +73,43 @@ def test_every_lesson_fits_the_time_the_readme_states():
         if minutes > stated[path.stem]:
             over.append(f"{path.stem}: {minutes:.1f} min counted, {stated[path.stem]} stated")
     assert not over, over
+
+
+# What `show_source` prints before a piece of the library: "# NAME  (line N)" or "# NAME, lines A-B",
+# then the source from that line on.
+SHOWN_SOURCE = re.compile(r"^# (minidit[\w.]*)(?:  \(line (\d+)\)|, lines (\d+)-(\d+))\n", re.M)
+LESSONS = sorted((ROOT / "lessons").glob("*.ipynb"))
+
+
+def _library_object(name):
+    """The function, class or module a dotted name printed by show_source names."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for part in parts[k:]:
+            obj = vars(obj)[part] if isinstance(obj, type) and part in vars(obj) else getattr(obj, part)
+        return inspect.unwrap(obj.fget if isinstance(obj, property) else obj)
+    raise LookupError(name)
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_executed_copies_show_the_source_as_it_is(path):
+    """An executed lesson shows library source with the line it starts at; after a change to the
+    library that moves or rewrites it, the copy shows what is no longer there, so it must run again
+    (`python -m minidit.course.site execute --all NAME`)."""
+    nb = json.loads(path.read_text())
+    stale = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", ""))
+            for m in SHOWN_SOURCE.finditer(text):
+                name, first = m.group(1), int(m.group(2) or m.group(3))
+                obj = _library_object(name)
+                source = Path(inspect.getsourcefile(obj)).read_text().splitlines(keepends=True)
+                last = int(m.group(4)) if m.group(4) else first - 1 + len(inspect.getsourcelines(obj)[0])
+                if not text.startswith("".join(source[first - 1:last]), m.end()):  # every line shown, as it is now
+                    stale.append(f"{name} at line {first}")
+    assert not stale, f"{path.name} shows source that has since moved or changed: {stale}; execute it again"
