@@ -191,6 +191,10 @@ RECIPES = {
     **{f"latent-p1-flow-ln-m-0.5-muon-r0.5-15min-seed{s}": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5",
                                                             "--optimizer", "muon", "--muon-rms", "0.5", "--seed", str(s)]
        for s in (4, 5)},
+    # a step twice as large again (`--muon-rms 1.0`), from training seeds 0 and 1 (not chosen by their scores)
+    **{f"latent-p1-flow-ln-m-0.5-muon-r1.0-15min{tag}": [*LATENT, *LATENT_OPT, *FLOW_LN, "--logit-mean", "-0.5",
+                                                         "--optimizer", "muon", "--muon-rms", "1.0", *seed]
+       for tag, seed in (("", []), ("-seed1", ["--seed", "1"]))},
 }
 EVAL = ["--per-class", "30", "--seed", "1", "--steps", "50", "--cfg-scale", "4"]
 
