@@ -67,9 +67,9 @@ def test_main_job_model_draws_the_requested_classes():
 @pytest.mark.skipif(not FLOW.exists(), reason="no shipped flow model")
 def test_main_job_flow_model_draws_the_requested_classes():
     """The README's main job since the search of issue 27: the same latent DiT trained by flow
-    matching with logit-normal times (mean -0.5) and the Muon optimiser (step size 0.5), 6,550 steps. Its checkpoint says
-    it is a flow (so `sample` picks Euler), and its Euler samples, decoded with the recorded VAE, are
-    classified as asked."""
+    matching with logit-normal times (mean -0.5) and the Muon optimiser (step size 0.5), 6,550 steps.
+    Its checkpoint says it is a flow (so `sample` picks Euler), and its Euler samples, decoded with the
+    recorded VAE, are classified as asked."""
     from minidit.commands.sample import samplers_for
     cfg, meta, report = _score_latent_model(FLOW, "euler")
     assert not cfg.learn_sigma
