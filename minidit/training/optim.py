@@ -182,14 +182,14 @@ class Muon(AdamW):
 
     For a weight matrix W with gradient G, Muon keeps a momentum m <- mu m + G and steps along the
     orthogonalised Nesterov direction O = orthogonalize(G + mu m):
-        W <- W (1 - lr weight_decay) - lr * 0.2 sqrt(max(rows, cols)) * O.
+        W <- W (1 - lr weight_decay) - lr * rms * sqrt(max(rows, cols)) * O.
     O has all its singular values near 1, so every direction of the update moves by about the same
-    amount, where Adam's update is dominated by a few. The factor 0.2 sqrt(max(rows, cols)) gives O
-    about the root-mean-square size of an AdamW update (Liu et al., 2025, "Muon is scalable"), so the
-    learning rate, its schedule and the weight decay are shared with the AdamW half unchanged.
+    amount, where Adam's update is dominated by a few. rms = 0.2 (MUON_RMS) gives O about the size of an
+    AdamW update (Liu et al., 2025, "Muon is scalable"), so that lr, its schedule and the weight decay
+    mean what they mean for the AdamW half; `--muon-rms` sets rms (the main job takes 0.5).
 
     The checkpoint format is AdamW's: m holds Muon's momentum for its matrices, and v stays zero
-    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5); rms: the 0.2 above (`--muon-rms`).
+    for them (unused). momentum: mu (0.95); ns_steps: orthogonalize's steps (5).
     """
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.95,
